@@ -1,0 +1,80 @@
+"""Argument checks shared by public entry points.
+
+Each check raises ``TypeError`` (wrong kind of object) or ``ValueError``
+(right kind, impossible value) with a message naming the argument.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def check_datacube(datacube, name: str = "datacube"):
+    """Require a 4-D py4DSTEM ``DataCube``; return it."""
+    from py4DSTEM import DataCube
+
+    if not isinstance(datacube, DataCube):
+        raise TypeError(
+            f"{name} must be a py4DSTEM.DataCube, got {type(datacube).__name__}"
+        )
+    if datacube.data.ndim != 4:
+        raise ValueError(
+            f"{name} must have 4 axes [Rx, Ry, Qx, Qy], got shape {datacube.data.shape}"
+        )
+    if min(datacube.data.shape) < 1:
+        raise ValueError(f"{name} is empty, shape {datacube.data.shape}")
+    return datacube
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """Require a non-negative integer seed."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be a non-negative int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {seed}")
+    return int(seed)
+
+
+def check_shape2(
+    value: Sequence[int], name: str, minimum: int, maximum: int | None = None
+) -> tuple[int, int]:
+    """Require a pair of integers within [minimum, maximum]."""
+    try:
+        pair = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a pair of ints, got {value!r}") from None
+    if len(pair) != 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair
+    ):
+        raise TypeError(f"{name} must be a pair of ints, got {value!r}")
+    lo_ok = all(v >= minimum for v in pair)
+    hi_ok = maximum is None or all(v <= maximum for v in pair)
+    if not (lo_ok and hi_ok):
+        bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{name} entries must be in {bound}, got {pair}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_number(
+    value,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """Require a finite real number within bounds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (v < low or (low_open and v == low)):
+        op = ">" if low_open else ">="
+        raise ValueError(f"{name} must be {op} {low}, got {value}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return v
