@@ -98,3 +98,80 @@ def warp(
     theta = grid_theta(A.to(x.dtype), tuple(x.shape[-2:]), center)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def _pixel_to_grid(p: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Pixel ``(row, col)`` coordinates (..., 2) -> ``grid_sample`` ``(x, y)``, [-1, 1]."""
+    Qx, Qy = shape
+    x = (2.0 * p[..., 1] + 1.0) / Qy - 1.0
+    y = (2.0 * p[..., 0] + 1.0) / Qx - 1.0
+    return torch.stack([x, y], -1)
+
+
+def _pixel_coords(shape, dtype, device) -> torch.Tensor:
+    r = torch.arange(shape[0], dtype=dtype, device=device)
+    c = torch.arange(shape[1], dtype=dtype, device=device)
+    return torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).reshape(-1, 2)  # (P, 2)
+
+
+def warp_spots(
+    x: torch.Tensor,
+    A: torch.Tensor,
+    spots: torch.Tensor,
+    *,
+    src: float,
+    dst: float,
+    center: torch.Tensor | None = None,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Move every spot rigidly by (a fraction of) its lattice displacement.
+
+    Whole-image warps also stretch the disks, whose size is set by the probe,
+    not by the lattice: that biases strain by a few % of its value. Here each
+    pixel moves with the spot it belongs to ("inverse affine transformation for
+    every pixel in the mask region"), so spot shapes are kept.
+
+    Frames are labelled by ``t``: in frame ``t`` spot ``s`` sits at
+    ``c + g_s + t * d_s`` with ``d_s = A @ g_s - g_s``; ``t = 0`` is the base
+    frame, ``t = 1`` the input frame, ``t = 0.5`` halfway (comparing both
+    patterns there makes their interpolation blur equal, so it cancels).
+
+    Parameters
+    ----------
+    x : Tensor (B, C, Qx, Qy)
+        Patterns in frame ``src``.
+    A : Tensor (B, 2, 2)
+        Base -> input lattice transforms, pixel ``(qx, qy)`` coordinates.
+    spots : Tensor (n, 2)
+        Spot offsets ``g_s`` from the centre in the base frame, pixels.
+    src, dst : float
+        Frame of ``x`` and of the output.
+    center : Tensor (2,), optional
+        Pattern centre ``(row, column)``; default ``((Qx-1)/2, (Qy-1)/2)``.
+
+    Returns
+    -------
+    Tensor (B, C, Qx, Qy)
+        ``out(p) = x(p + (src - dst) * d_s)`` with ``s`` the spot nearest to
+        ``p`` in frame ``dst``; zero outside the field of view.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (B, C, Qx, Qy), got {tuple(x.shape)}")
+    if spots.ndim != 2 or spots.shape[-1] != 2 or spots.shape[0] < 1:
+        raise ValueError(f"spots must have shape (n>=1, 2), got {tuple(spots.shape)}")
+    B = x.shape[0]
+    shape = tuple(x.shape[-2:])
+    dtype, device = x.dtype, x.device
+    A = A.to(dtype)
+    spots = spots.to(dtype=dtype, device=device)
+    if center is None:
+        center = torch.tensor([(shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0], dtype=dtype)
+    center = center.to(dtype=dtype, device=device)
+    p = _pixel_coords(shape, dtype, device)  # (P, 2)
+    disp = spots @ A.transpose(-1, -2) - spots  # (B, n, 2)
+    with torch.no_grad():
+        where = spots + dst * disp  # spot positions in the output frame
+        nearest = torch.cdist(p.expand(B, -1, -1) - center, where).argmin(-1)  # (B, P)
+    shift = torch.gather(disp, 1, nearest.unsqueeze(-1).expand(-1, -1, 2))  # (B, P, 2)
+    grid = _pixel_to_grid(p + (src - dst) * shift, shape).reshape(B, *shape, 2)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)

@@ -1,0 +1,599 @@
+"""Calibrated, resampled network inputs from a py4DSTEM ``DataCube``, streamed.
+
+:class:`DiffractionInputs` turns a calibrated ``DataCube`` into square
+``size x size`` patterns sampled on a regular grid of *calibrated* reciprocal
+vectors, intensity-scaled to values of order 1, read ``batch_size`` patterns at
+a time (the DataCube's data may be a numpy array, a ``numpy.memmap`` or an
+``h5py.Dataset``).
+
+Geometry
+--------
+Output pixel ``(i, j)`` (``i`` = row = ``qx``, ``j`` = column = ``qy``) is the
+calibrated reciprocal vector::
+
+    q = ((i - (size - 1) / 2) * dq, (j - (size - 1) / 2) * dq),  dq = 2 * q_max / size
+
+in the DataCube's Q units (A^-1, or detector pixels when the units are
+``'pixels'``). The output pixel ``(size - 1) / 2`` (between pixels for even
+``size``) is ``q = 0``. For scan position ``(rx, ry)`` it is sampled at the
+detector location (row, column; pixel ``k`` centred at coordinate ``k``)::
+
+    p = origin(rx, ry) + inv(C) @ q
+
+with ``C = detector_matrix(q_pixel_size, ellipse, QR_rotation, QR_flip)``
+(:func:`py4dstem_ccstae.simulate.detector_matrix`, py4DSTEM's calibration order
+origin -> ellipse -> pixel size -> Q/R rotation). Every calibration is undone,
+so ``qx`` of the output is parallel to the scan axis ``Rx`` and a lattice
+vector ``g`` (A^-1) of the calibrated frame appears at output pixel
+``g / dq + (size - 1) / 2``. Sampling is bilinear, zero outside the detector.
+
+Intensities
+-----------
+Scaling (applied to the resampled patterns) is one of ``'linear'`` (``x``),
+``'sqrt'`` (``sqrt(x)``), ``'power'`` (``x ** power``) and ``'log'``
+(``log1p(x / m)``, ``m`` = :attr:`DiffractionInputs.log_reference`, the median
+over batches of each batch's median positive resampled value). The scaled
+values are divided by one global :attr:`DiffractionInputs.intensity_scale`,
+the 99.9th percentile of the scaled mean (linear) resampled pattern.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
+from scipy.ndimage import label as ndimage_label
+
+from ._validation import check_datacube, check_number
+from .simulate import detector_matrix
+
+__all__ = ["DiffractionInputs", "SCALINGS"]
+
+#: Intensity scalings understood by :meth:`DiffractionInputs.from_datacube`.
+SCALINGS = ("linear", "sqrt", "log", "power")
+
+#: Fraction of the largest inscribed circle used for the default ``q_max``.
+_Q_MAX_MARGIN = 0.98
+#: Percentile of the scaled mean pattern used as the global intensity scale.
+_SCALE_PERCENTILE = 99.9
+
+
+# ------------------------------------------------------------------- validation
+def _check_int(value, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {bound}, got {value}")
+    return int(value)
+
+
+def _check_ring(ring) -> tuple[float, float]:
+    try:
+        pair = tuple(ring)
+    except TypeError:
+        raise TypeError(f"ring must be a pair (inner, outer), got {ring!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"ring must be a pair (inner, outer), got {ring!r}")
+    inner = check_number(pair[0], "ring inner radius", low=0.0)
+    outer = check_number(pair[1], "ring outer radius", low=0.0, low_open=True)
+    if inner >= outer:
+        raise ValueError(f"ring must have inner < outer, got ({inner}, {outer})")
+    return inner, outer
+
+
+def _check_block(block: np.ndarray, name: str = "datacube") -> None:
+    """Raise if a block of patterns holds NaN/Inf or negative values."""
+    if not np.all(np.isfinite(block)):
+        raise ValueError(f"{name} data must be finite, found NaN or Inf")
+    if block.size and block.min() < 0:
+        raise ValueError(f"{name} data must be non-negative, found min {block.min():.4g}")
+
+
+# --------------------------------------------------------------------- reading
+def _read_patterns(data, indices: np.ndarray, Ry: int) -> np.ndarray:
+    """Patterns at flat scan ``indices`` (row-major over [Rx, Ry]), shape (n, Qx, Qy).
+
+    Reads one contiguous slice ``data[rx, ry0:ry1]`` per scan row touched (sorted,
+    as h5py needs), so only the requested patterns' rows are read.
+    """
+    uniq, inverse = np.unique(indices, return_inverse=True)
+    rx_all, ry_all = np.divmod(uniq, Ry)
+    chunks = []
+    for rx in np.unique(rx_all):
+        ry = ry_all[rx_all == rx]
+        lo, hi = int(ry.min()), int(ry.max())
+        block = np.asarray(data[int(rx), lo : hi + 1])
+        chunks.append(block[ry - lo])
+    out = np.concatenate(chunks, axis=0)
+    if not np.issubdtype(out.dtype, np.floating):
+        out = out.astype(np.float64)
+    return out[inverse]
+
+
+def _iter_flat(n: int, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, n, batch_size):
+        yield np.arange(start, min(start + batch_size, n))
+
+
+# ---------------------------------------------------------------------- origin
+def _measure_origin(data, scan_shape, batch_size: int) -> np.ndarray:
+    """Origin per position (Rx, Ry, 2), detector pixels, as py4DSTEM measures it.
+
+    Per pattern: the maximum of the pattern smoothed by a Gaussian of width
+    ``r``, then the centre of mass within ``1.2 r`` of it (py4DSTEM's
+    ``get_origin``); ``r`` is the probe radius from ``get_probe_size`` on the
+    maximum of the first batch. The measured origins are then fitted by a plane
+    (py4DSTEM's ``fit_origin``; a constant for a single row or column).
+    """
+    from py4DSTEM.process.calibration import fit_origin, get_probe_size
+
+    Rx, Ry = scan_shape
+    n = Rx * Ry
+    meas = np.empty((n, 2))
+    r = None
+    for idx in _iter_flat(n, batch_size):
+        dp = _read_patterns(data, idx, Ry)
+        _check_block(dp)
+        if r is None:
+            r = float(get_probe_size(dp.max(axis=0))[0])
+        Qx, Qy = dp.shape[1:]
+        sm = gaussian_filter(dp.astype(np.float64), (0, r, r), mode="nearest")
+        peak = np.stack(np.unravel_index(sm.reshape(len(idx), -1).argmax(1), (Qx, Qy)), -1)
+        ii = np.arange(Qx)[None, :, None]
+        jj = np.arange(Qy)[None, None, :]
+        near = np.hypot(ii - peak[:, 0, None, None], jj - peak[:, 1, None, None]) < 1.2 * r
+        w = dp * near
+        tot = w.sum((1, 2))
+        meas[idx, 0] = (w * ii).sum((1, 2)) / tot
+        meas[idx, 1] = (w * jj).sum((1, 2)) / tot
+    qx0, qy0 = meas[:, 0].reshape(Rx, Ry), meas[:, 1].reshape(Rx, Ry)
+    fitfunction = "plane" if min(Rx, Ry) >= 2 else "constant"
+    qx0_fit, qy0_fit, _, _ = fit_origin((qx0, qy0), fitfunction=fitfunction)
+    return np.stack([qx0_fit, qy0_fit], -1).astype(np.float64)
+
+
+def _calibrated_origin(cal, scan_shape) -> np.ndarray | None:
+    origin = cal.get_origin()
+    if origin is None:
+        return None
+    qx0, qy0 = (np.broadcast_to(np.asarray(v, np.float64), scan_shape) for v in origin)
+    return np.stack([qx0, qy0], -1).copy()
+
+
+# ----------------------------------------------------------------- Bragg peaks
+def _bragg_summary(bv, scan_shape, direct_tol: float) -> tuple[float, np.ndarray]:
+    """Median shortest non-direct Bragg length and median spot vectors.
+
+    Calibrated vectors ``bv.cal[rx, ry]`` shorter than ``direct_tol`` are taken
+    as the direct beam. Returns the median over positions of each position's
+    shortest remaining length, and the medians of the vector clusters (greedy,
+    radius a quarter of that length) found in at least half the positions,
+    sorted by length then angle.
+    """
+    Rx, Ry = scan_shape
+    shortest, pooled = [], []
+    for rx in range(Rx):
+        for ry in range(Ry):
+            v = bv.cal[rx, ry]
+            q = np.stack([np.asarray(v.qx, float), np.asarray(v.qy, float)], -1)
+            q = q[np.hypot(q[:, 0], q[:, 1]) > direct_tol]
+            if len(q):
+                shortest.append(np.hypot(q[:, 0], q[:, 1]).min())
+                pooled.append(q)
+    if not shortest:
+        raise ValueError("braggvectors holds no Bragg vectors besides the direct beam")
+    g_min = float(np.median(shortest))
+    q = np.concatenate(pooled)
+    tol = 0.25 * g_min
+    free = np.ones(len(q), bool)
+    peaks = []
+    while free.any():
+        seed = q[np.argmax(free)]
+        members = free & (np.hypot(*(q - seed).T) < tol)
+        centre = np.median(q[members], axis=0)
+        members = free & (np.hypot(*(q - centre).T) < tol)
+        members[np.argmax(free)] = True  # always consume the seed
+        free &= ~members
+        if members.sum() >= 0.5 * Rx * Ry:
+            peaks.append(np.median(q[members], axis=0))
+    peaks = np.array(peaks, dtype=np.float64).reshape(-1, 2)
+    order = np.lexsort((np.arctan2(peaks[:, 1], peaks[:, 0]), np.hypot(*peaks.T)))
+    return g_min, peaks[order]
+
+
+# ------------------------------------------------------------------------ main
+class DiffractionInputs:
+    """Calibrated, resampled, intensity-scaled patterns of a DataCube, streamed.
+
+    Build with :meth:`from_datacube`; see the module docs for the geometry and
+    intensity conventions. Patterns are produced on demand from the DataCube's
+    data (never all held unless :meth:`to_array` is called).
+
+    Attributes
+    ----------
+    scan_shape : (int, int)
+        ``(Rx, Ry)``.
+    n_patterns : int
+        ``Rx * Ry``; flat index ``rx * Ry + ry`` (row-major).
+    size : int
+        Output patterns are ``(size, size)``.
+    q_max : float
+        Half-width of the output field of view, Q units.
+    dq : float
+        ``2 * q_max / size``, Q units per output pixel.
+    units : str
+        The DataCube's Q pixel units (``'A^-1'`` or ``'pixels'``).
+    scaling : str
+        One of :data:`SCALINGS`; ``power`` is the exponent used by ``'power'``
+        (``0.5`` for ``'sqrt'``, ``1`` for ``'linear'``, None for ``'log'``).
+    log_reference : float or None
+        ``m`` in ``log1p(x / m)`` (``'log'`` only).
+    intensity_scale : float
+        Global divisor applied after scaling.
+    ring : (float, float)
+        ``(inner, outer)`` radii of :attr:`mask`, Q units.
+    ring_source : str
+        ``'user'``, ``'braggvectors'`` or ``'direct_beam'`` (where ``inner``
+        came from).
+    mask : ndarray, bool (size, size)
+        True where ``inner <= |q| <= outer``.
+    direct_beam_radius : float
+        Radius where the mean pattern's centre disk falls below half its
+        maximum, Q units.
+    bragg_peaks : ndarray (n, 2) or None
+        Median calibrated Bragg vectors (Q units) when ``braggvectors`` given.
+    origin : ndarray (Rx, Ry, 2)
+        Direct-beam origin used, detector pixels (row, column).
+    origin_measured : bool
+        True when the DataCube had no origin and it was measured.
+    detector_matrix : ndarray (2, 2)
+        ``C`` (detector pixel offsets -> Q units).
+    batch_size : int
+        Patterns read at a time by :meth:`iter_batches` (and construction).
+    mean_resampled : ndarray float64 (size, size)
+        Mean resampled pattern before intensity scaling.
+    """
+
+    def __init__(
+        self,
+        data,
+        *,
+        scan_shape: tuple[int, int],
+        origin: np.ndarray,
+        C: np.ndarray,
+        size: int,
+        q_max: float,
+        units: str,
+        batch_size: int,
+    ) -> None:
+        self._data = data
+        self.scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
+        self.n_patterns = self.scan_shape[0] * self.scan_shape[1]
+        self.origin = origin
+        self.origin_measured = False
+        self.detector_matrix = C
+        self.size = size
+        self.q_max = q_max
+        self.dq = 2.0 * q_max / size
+        self.units = units
+        self.batch_size = batch_size
+        self.scaling = "linear"
+        self.power: float | None = 1.0
+        self.log_reference: float | None = None
+        self.intensity_scale = 1.0
+        self.ring: tuple[float, float] = (0.0, q_max)
+        self.ring_source = "user"
+        self.mask = np.ones((size, size), bool)
+        self.direct_beam_radius = float("nan")
+        self.bragg_peaks: np.ndarray | None = None
+        self.mean_resampled = np.zeros((size, size))
+        self._mean_input: np.ndarray | None = None
+        # detector offsets inv(C) @ q of every output pixel, (size, size, 2)
+        t = (np.arange(size) - (size - 1) / 2.0) * self.dq
+        q = np.stack(np.meshgrid(t, t, indexing="ij"), -1)
+        self._q = q
+        self._offsets = q @ np.linalg.inv(C).T
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_datacube(
+        cls,
+        datacube,
+        braggvectors=None,
+        *,
+        size: int = 64,
+        q_max: float | None = None,
+        scaling: str = "sqrt",
+        power: float = 0.5,
+        ring: tuple[float, float] | None = None,
+        batch_size: int = 256,
+    ) -> DiffractionInputs:
+        """Network inputs for a calibrated DataCube.
+
+        Parameters
+        ----------
+        datacube : py4DSTEM.DataCube
+            ``[Rx, Ry, Qx, Qy]``, non-negative finite intensities; data may be a
+            numpy array, memmap or h5py Dataset. Its calibration supplies the Q
+            pixel size and units, origin (per position), ellipse, Q/R rotation
+            and flip; it is never modified.
+        braggvectors : py4DSTEM.BraggVectors, optional
+            Calibrated Bragg vectors (``braggvectors.cal``) with the same scan
+            shape; sets the ring's inner radius to half the median shortest
+            Bragg vector length (unless ``ring`` is given) and
+            :attr:`bragg_peaks`.
+        size : int
+            Output patterns are ``size x size``, in [16, 512].
+        q_max : float, optional
+            Half-width of the field of view, Q units (> 0). Default: 0.98 x the
+            largest radius whose circle about the origin stays on the detector
+            at every scan position.
+        scaling : {"linear", "sqrt", "log", "power"}
+            Intensity scaling (module docs).
+        power : float
+            Exponent for ``scaling="power"``, > 0.
+        ring : (float, float), optional
+            Mask radii ``(inner, outer)``, Q units, ``0 <= inner < outer``.
+            Default: inner = 1.5 x the direct-beam radius of the mean resampled
+            pattern (or from ``braggvectors``), outer = 0.95 x ``q_max``.
+        batch_size : int
+            Patterns read at a time, >= 1.
+
+        Returns
+        -------
+        DiffractionInputs
+
+        Warns
+        -----
+        UserWarning
+            When the DataCube has no origin calibration and it is measured
+            (see :func:`_measure_origin`); the DataCube is left unchanged.
+        """
+        datacube = check_datacube(datacube, "datacube")
+        size = _check_int(size, "size", 16, 512)
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        if q_max is not None:
+            q_max = check_number(q_max, "q_max", low=0.0, low_open=True)
+        if not isinstance(scaling, str) or scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        power = check_number(power, "power", low=0.0, low_open=True)
+        if ring is not None:
+            ring = _check_ring(ring)
+
+        data = datacube.data
+        Rx, Ry, Qx, Qy = (int(v) for v in data.shape)
+        scan_shape = (Rx, Ry)
+        if braggvectors is not None:
+            if not hasattr(braggvectors, "cal") or not hasattr(braggvectors, "Rshape"):
+                raise TypeError(
+                    "braggvectors must be a py4DSTEM.BraggVectors, "
+                    f"got {type(braggvectors).__name__}"
+                )
+            bshape = tuple(int(v) for v in braggvectors.Rshape)
+            if bshape != scan_shape:
+                raise ValueError(
+                    f"braggvectors scan shape {bshape} does not match the datacube "
+                    f"scan shape {scan_shape}"
+                )
+
+        # calibration -> detector matrix
+        cal = datacube.calibration
+        qps = cal.get_Q_pixel_size()
+        qps = 1.0 if qps is None else float(qps)
+        units = cal.get_Q_pixel_units() or "pixels"
+        ellipse = cal.get_ellipse()
+        if ellipse is not None:
+            if any(np.ndim(v) for v in ellipse):
+                raise ValueError(
+                    "datacube has a per-position ellipse calibration; only a single "
+                    "ellipse (a, b, theta) is supported"
+                )
+            ellipse = tuple(float(v) for v in ellipse)
+        rot = cal.get_QR_rotation()
+        flip = cal.get_QR_flip()
+        C = detector_matrix(qps, ellipse, 0.0 if rot is None else float(rot), bool(flip))
+
+        origin = _calibrated_origin(cal, scan_shape)
+        measured = origin is None
+        if measured:
+            warnings.warn(
+                "datacube has no origin calibration: measuring it per pattern "
+                "(centre of mass of the brightest disk, py4DSTEM's get_origin) and "
+                "fitting a plane; the datacube's calibration is not modified",
+                UserWarning,
+                stacklevel=2,
+            )
+            origin = _measure_origin(data, scan_shape, batch_size)
+
+        if q_max is None:
+            edge = np.minimum.reduce(
+                [
+                    origin[..., 0],
+                    Qx - 1 - origin[..., 0],
+                    origin[..., 1],
+                    Qy - 1 - origin[..., 1],
+                ]
+            )
+            smin = float(np.linalg.svd(C, compute_uv=False).min())
+            q_max = _Q_MAX_MARGIN * float(edge.min()) * smin
+            if q_max <= 0:
+                raise ValueError(
+                    "datacube origin lies outside the detector at some scan positions; "
+                    "cannot choose q_max"
+                )
+
+        self = cls(
+            data,
+            scan_shape=scan_shape,
+            origin=origin,
+            C=C,
+            size=size,
+            q_max=q_max,
+            units=units,
+            batch_size=batch_size,
+        )
+        self.origin_measured = measured
+        self.scaling = scaling
+        self.power = {"linear": 1.0, "sqrt": 0.5, "power": power, "log": None}[scaling]
+
+        # one pass: mean resampled pattern (and the log reference)
+        total = np.zeros((size, size))
+        medians = []
+        for idx in _iter_flat(self.n_patterns, batch_size):
+            res = self._resample(idx)
+            total += res.sum(0)
+            if scaling == "log":
+                pos = res[res > 0]
+                if pos.size:
+                    medians.append(float(np.median(pos)))
+        self.mean_resampled = total / self.n_patterns
+        if scaling == "log":
+            if not medians:
+                raise ValueError("datacube data are all zero inside the field of view")
+            self.log_reference = float(np.median(medians))
+        scaled_mean = self._scale(self.mean_resampled)
+        scale = float(np.percentile(scaled_mean, _SCALE_PERCENTILE))
+        if not scale > 0:
+            raise ValueError("datacube data are all zero inside the field of view")
+        self.intensity_scale = scale
+
+        # ring mask
+        self.direct_beam_radius = self._direct_beam_radius(self.mean_resampled)
+        if braggvectors is not None:
+            direct_tol = 3.0 * float(np.linalg.svd(C, compute_uv=False).max())
+            g_min, self.bragg_peaks = _bragg_summary(braggvectors, scan_shape, direct_tol)
+        if ring is not None:
+            self.ring, self.ring_source = ring, "user"
+        else:
+            outer = 0.95 * q_max
+            if braggvectors is not None:
+                inner, self.ring_source = 0.5 * g_min, "braggvectors"
+            else:
+                inner, self.ring_source = 1.5 * self.direct_beam_radius, "direct_beam"
+            if not inner < outer:
+                raise ValueError(
+                    f"automatic ring inner radius {inner:.4g} >= outer {outer:.4g} "
+                    f"{units}: pass ring=(inner, outer) or a larger q_max"
+                )
+            self.ring = (float(inner), float(outer))
+        r = np.hypot(self._q[..., 0], self._q[..., 1])
+        self.mask = (r >= self.ring[0]) & (r <= self.ring[1])
+        return self
+
+    # --------------------------------------------------------------- internals
+    def _resample(self, indices: np.ndarray) -> np.ndarray:
+        """Linear resampled patterns (n, size, size) float64 at flat ``indices``."""
+        raw = _read_patterns(self._data, indices, self.scan_shape[1])
+        _check_block(raw)
+        n = len(indices)
+        p = self.origin.reshape(-1, 2)[indices][:, None, None, :] + self._offsets[None]
+        b = np.broadcast_to(np.arange(n, dtype=np.float64)[:, None, None], p.shape[:-1])
+        coords = np.stack([b, p[..., 0], p[..., 1]])
+        return map_coordinates(
+            raw, coords, output=np.float64, order=1, mode="grid-constant", cval=0.0
+        )
+
+    def _scale(self, x: np.ndarray) -> np.ndarray:
+        if self.scaling == "linear":
+            return x
+        if self.scaling == "log":
+            return np.log1p(x / self.log_reference)
+        return x**self.power
+
+    def _direct_beam_radius(self, mean: np.ndarray) -> float:
+        """Direct-beam radius (Q units) of the mean resampled pattern.
+
+        The centre disk is the connected region around ``q = 0`` where ``mean``
+        is at least half its central maximum; its radius is
+        ``sqrt(area / pi)``. NaN if there is no central maximum.
+        """
+        r = np.hypot(self._q[..., 0], self._q[..., 1])
+        centre = r <= 1.5 * self.dq
+        peak = float(mean[centre].max())
+        if not peak > 0:
+            return float("nan")
+        lab, _ = ndimage_label(mean >= 0.5 * peak)
+        ids = np.unique(lab[centre & (mean >= 0.5 * peak)])
+        area = np.isin(lab, ids[ids > 0]).sum() * self.dq**2
+        return float(math.sqrt(area / math.pi))
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return self.n_patterns
+
+    def __repr__(self) -> str:
+        return (
+            f"DiffractionInputs(scan_shape={self.scan_shape}, size={self.size}, "
+            f"q_max={self.q_max:.4g} {self.units}, scaling={self.scaling!r})"
+        )
+
+    def batch(self, indices) -> np.ndarray:
+        """Network inputs at flat scan ``indices`` (row-major over [Rx, Ry]).
+
+        Parameters
+        ----------
+        indices : int or array of int
+            Flat indices ``rx * Ry + ry`` in ``[0, n_patterns)``; any order,
+            repeats allowed.
+
+        Returns
+        -------
+        ndarray float32 (n, size, size)
+            Scaled intensities divided by :attr:`intensity_scale`.
+        """
+        idx = np.atleast_1d(np.asarray(indices))
+        if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or (idx.size == 0)):
+            raise TypeError(f"indices must be a 1-D array of ints, got {indices!r}")
+        idx = idx.astype(np.int64)
+        if idx.size == 0:
+            return np.zeros((0, self.size, self.size), np.float32)
+        if idx.min() < 0 or idx.max() >= self.n_patterns:
+            raise ValueError(
+                f"indices must be in [0, {self.n_patterns}), got range "
+                f"[{idx.min()}, {idx.max()}]"
+            )
+        out = self._scale(self._resample(idx)) / self.intensity_scale
+        return out.astype(np.float32)
+
+    def iter_batches(
+        self, batch_size: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(indices, patterns)`` covering every position in flat order.
+
+        Parameters
+        ----------
+        batch_size : int, optional
+            Patterns per batch (default :attr:`batch_size`).
+        """
+        bs = (
+            self.batch_size
+            if batch_size is None
+            else _check_int(batch_size, "batch_size", 1)
+        )
+        for idx in _iter_flat(self.n_patterns, bs):
+            yield idx, self.batch(idx)
+
+    def mean_pattern(self) -> np.ndarray:
+        """Mean network input over all positions, float32 (size, size); cached."""
+        if self._mean_input is None:
+            total = np.zeros((self.size, self.size))
+            for _, x in self.iter_batches():
+                total += x.sum(0, dtype=np.float64)
+            self._mean_input = (total / self.n_patterns).astype(np.float32)
+        return self._mean_input.copy()
+
+    def to_array(self) -> np.ndarray:
+        """All network inputs, float32 (n_patterns, size, size)."""
+        out = np.empty((self.n_patterns, self.size, self.size), np.float32)
+        for idx, x in self.iter_batches():
+            out[idx] = x
+        return out
+
+    def q_vectors(self) -> np.ndarray:
+        """Calibrated vector ``q`` of every output pixel, (size, size, 2), Q units."""
+        return self._q.copy()

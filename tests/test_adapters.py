@@ -1,0 +1,287 @@
+"""DiffractionInputs: calibrated resampling, spot geometry, streaming, bad input."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from py4dstem_ccstae.adapters import DiffractionInputs
+from py4dstem_ccstae.simulate import material_spots, polycrystal, truth_transform
+
+SIM = dict(scan_shape=(6, 6), pattern_shape=(96, 96), num_grains=4, seed=2)
+DISTORTED = dict(descan=4.0, ellipticity=0.04, qr_rotation=20.0)
+Q_MAX = 1.3  # A^-1; inside the detector for both data sets
+RING = (0.2, 1.2)  # A^-1; excludes the direct beam
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return polycrystal(**SIM)
+
+
+@pytest.fixture(scope="module")
+def distorted():
+    return polycrystal(**SIM, **DISTORTED)
+
+
+def _inputs(dc, **kw):
+    kw = {"scaling": "linear", "q_max": Q_MAX, "ring": RING, **kw}
+    return DiffractionInputs.from_datacube(dc, **kw)
+
+
+def _disk_radius_out(dc, dq):
+    cal = dc.calibration
+    return cal.get_convergence_semiangle_pixels() * cal.get_Q_pixel_size() / dq
+
+
+def _centroid(img, centre, radius):
+    """Intensity centroid of ``img`` within ``radius`` of ``centre`` (row, col)."""
+    ii, jj = np.indices(img.shape)
+    w = img * (np.hypot(ii - centre[0], jj - centre[1]) < radius)
+    return np.array([(w * ii).sum(), (w * jj).sum()]) / w.sum()
+
+
+def _strongest_spots(img, mask, window, k=4):
+    """Centroids (k, 2) of the k strongest spots inside ``mask``, output pixels."""
+    p = np.where(mask, img, 0.0)
+    lab, n = ndimage.label(p > 0.2 * p.max())
+    idx = np.arange(1, n + 1)
+    inten = ndimage.sum(p, lab, idx)
+    cents = np.array(ndimage.center_of_mass(p, lab, idx))[np.argsort(inten)[::-1][:k]]
+    out = []
+    for c in cents:  # refine in a symmetric window (no threshold bias)
+        for _ in range(3):
+            c = _centroid(p, c, window)
+        out.append(c)
+    return np.array(out)
+
+
+def _rel_l1(a, b, mask):
+    return float(np.abs(a - b)[:, mask].sum() / np.abs(a)[:, mask].sum())
+
+
+# ------------------------------------------------------------- calibration
+def test_calibration_honoured(plain, distorted):
+    """Descan + ellipse + QR rotation give the undistorted patterns back.
+
+    Fails with the QR rotation sign or the ellipse direction wrong: relative L1
+    1.9 (rotation sign), 0.2-0.3 (ellipse axis/angle) against 0.034 here;
+    spot centroids move by 9 px resp. 0.5-0.7 px against 0.07 px here.
+    """
+    a = _inputs(plain[0])
+    b = _inputs(distorted[0])
+    assert a.dq == b.dq and np.array_equal(a.mask, b.mask)
+    xa = a.to_array() * a.intensity_scale
+    xb = b.to_array() * b.intensity_scale
+    assert _rel_l1(xa, xb, a.mask) < 0.05
+    window = 2.0 * _disk_radius_out(plain[0], a.dq)
+    worst = 0.0
+    for pa, pb in zip(xa, xb, strict=True):
+        sa = _strongest_spots(pa, a.mask, window)
+        sb = _strongest_spots(pb, a.mask, window)
+        d = np.linalg.norm(sa[:, None] - sb[None], axis=-1).min(1)
+        worst = max(worst, float(d.max()))
+    assert worst < 0.1
+
+
+def test_spot_geometry(distorted):
+    """First-order spots sit at A @ g / dq + (size - 1) / 2."""
+    dc, truth = distorted
+    inp = _inputs(dc, size=64)
+    x = inp.to_array()
+    A = truth_transform(truth).params.reshape(-1, 2, 2)
+    g = material_spots("Si", 0.6)["g"]
+    assert len(g) == 4
+    window = 2.0 * _disk_radius_out(dc, inp.dq)
+    c = (inp.size - 1) / 2.0
+    err = [
+        np.linalg.norm(
+            _centroid(x[n], A[n] @ gg / inp.dq + c, window) - (A[n] @ gg / inp.dq + c)
+        )
+        for n in range(len(x))
+        for gg in g
+    ]
+    assert max(err) < 0.05
+    # output pixel q vectors follow the stated convention
+    q = inp.q_vectors()
+    assert np.allclose(q[0, 0], (-(inp.size - 1) / 2 * inp.dq,) * 2)
+    assert np.allclose(q[5, 9], ((5 - c) * inp.dq, (9 - c) * inp.dq))
+
+
+def test_attributes_and_defaults(distorted):
+    dc, _ = distorted
+    inp = DiffractionInputs.from_datacube(dc, size=32, batch_size=7)
+    Rx, Ry, Qx, Qy = dc.data.shape
+    assert inp.scan_shape == (Rx, Ry) and len(inp) == inp.n_patterns == Rx * Ry
+    assert inp.size == 32 and inp.scaling == "sqrt" and inp.power == 0.5
+    assert inp.units == "A^-1" and inp.dq == pytest.approx(2 * inp.q_max / 32)
+    # default q_max: the inscribed circle about every origin, 0.98
+    cal = dc.calibration
+    qx0, qy0 = cal.get_origin()
+    edge = np.min([qx0, Qx - 1 - qx0, qy0, Qy - 1 - qy0])
+    smin = np.linalg.svd(inp.detector_matrix, compute_uv=False).min()
+    assert inp.q_max == pytest.approx(0.98 * edge * smin)
+    # automatic ring: 1.5 x direct-beam radius (disk radius 3 px, half max at the edge)
+    r_disk = cal.get_convergence_semiangle_pixels() * cal.get_Q_pixel_size()
+    assert inp.direct_beam_radius == pytest.approx(r_disk, rel=0.25)
+    assert inp.ring == pytest.approx((1.5 * inp.direct_beam_radius, 0.95 * inp.q_max))
+    assert inp.ring_source == "direct_beam"
+    assert inp.mask.shape == (32, 32) and inp.mask.dtype == bool
+    assert not inp.mask[15:17, 15:17].any() and inp.mask.any()
+    # batches: order, dtype, O(1) values, arbitrary order and repeats
+    chunks = list(inp.iter_batches())
+    assert [len(i) for i, _ in chunks] == [7] * 5 + [1]
+    full = inp.to_array()
+    assert full.dtype == np.float32 and full.shape == (Rx * Ry, 32, 32)
+    assert np.array_equal(np.concatenate([x for _, x in chunks]), full)
+    assert np.array_equal(inp.batch([30, 2, 2, 7]), full[[30, 2, 2, 7]])
+    assert 0.5 < full.max() < 5.0 and full.min() >= 0
+    assert np.allclose(inp.mean_pattern(), full.mean(0), atol=1e-6)
+    for scaling in ("linear", "log", "power"):
+        s = DiffractionInputs.from_datacube(dc, size=32, scaling=scaling, power=0.3)
+        assert s.scaling == scaling and 0.5 < s.to_array().max() < 5.0
+        assert (s.log_reference is not None) == (scaling == "log")
+
+
+# --------------------------------------------------------------- streaming
+def test_streaming_h5_and_memmap(distorted, tmp_path):
+    """h5py Dataset and numpy memmap DataCubes give the in-memory result exactly."""
+    h5py = pytest.importorskip("h5py")
+    import py4DSTEM
+
+    dc, _ = distorted
+    ref = _inputs(dc, batch_size=5).to_array()
+
+    def wrap(data):
+        return py4DSTEM.DataCube(data=data, calibration=dc.calibration.copy())
+
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("data", data=dc.data, chunks=(1, 1, 96, 96))
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        dch = wrap(f["data"])
+        assert isinstance(dch.data, h5py.Dataset)
+        inp = _inputs(dch, batch_size=5)
+        assert np.array_equal(inp.to_array(), ref)
+        assert np.array_equal(inp.batch([35, 0, 13]), ref[[35, 0, 13]])
+
+    mm = np.lib.format.open_memmap(
+        tmp_path / "d.npy", mode="w+", dtype=dc.data.dtype, shape=dc.data.shape
+    )
+    mm[:] = dc.data
+    mm.flush()
+    del mm
+    dcm = wrap(np.load(tmp_path / "d.npy", mmap_mode="r"))
+    assert isinstance(dcm.data, np.memmap)
+    assert np.array_equal(_inputs(dcm, batch_size=5).to_array(), ref)
+
+
+# ----------------------------------------------------------- missing origin
+def test_missing_origin_is_measured(distorted):
+    import py4DSTEM
+
+    dc, _ = distorted
+    cal = dc.calibration
+    bare = py4DSTEM.DataCube(data=dc.data)
+    bc = bare.calibration
+    bc.set_Q_pixel_size(cal.get_Q_pixel_size())
+    bc.set_Q_pixel_units("A^-1")
+    bc.set_ellipse(cal.get_ellipse())
+    bc.set_QR_rotation_degrees(cal.get_QR_rotation_degrees())
+    assert bc.get_origin() is None
+    with pytest.warns(UserWarning, match="origin"):
+        inp = _inputs(bare)
+    assert bc.get_origin() is None  # the user's calibration is untouched
+    assert inp.origin_measured
+    truth = np.stack(cal.get_origin(), -1)
+    assert np.abs(inp.origin - truth).max() < 0.2
+    ref = _inputs(dc)
+    assert not ref.origin_measured
+    assert _rel_l1(ref.to_array(), inp.to_array(), ref.mask) < 0.05
+
+
+# ------------------------------------------------------------ Bragg vectors
+def _braggvectors(dc, truth, Rshape=None):
+    """Exact calibrated-consistent BraggVectors: direct beam + A @ g per position."""
+    import py4DSTEM
+    from emdfile import PointListArray
+
+    from py4dstem_ccstae.simulate import detector_matrix
+
+    cal = dc.calibration
+    Rx, Ry, Qx, Qy = dc.data.shape
+    Rshape = (Rx, Ry) if Rshape is None else Rshape
+    C = detector_matrix(
+        cal.get_Q_pixel_size(), cal.get_ellipse(), cal.get_QR_rotation(), False
+    )
+    A = truth_transform(truth).params
+    g = np.vstack([[0.0, 0.0], material_spots("Si", 0.8)["g"]])
+    qx0, qy0 = cal.get_origin()
+    dtype = [("qx", np.float64), ("qy", np.float64), ("intensity", np.float64)]
+    pla = PointListArray(dtype=dtype, shape=Rshape)
+    for rx in range(Rshape[0]):
+        for ry in range(Rshape[1]):
+            p = (A[rx % Rx, ry % Ry] @ g.T).T @ np.linalg.inv(C).T
+            v = np.zeros(len(g), dtype)
+            v["qx"] = qx0[rx % Rx, ry % Ry] + p[:, 0]
+            v["qy"] = qy0[rx % Rx, ry % Ry] + p[:, 1]
+            v["intensity"] = 1.0
+            pla[rx, ry].add(v)
+    bv = py4DSTEM.BraggVectors(Rshape, (Qx, Qy), calibration=cal.copy())
+    bv.set_raw_vectors(pla)
+    bv.setcal()
+    return bv
+
+
+def test_braggvectors_ring_and_peaks(distorted):
+    dc, truth = distorted
+    inp = DiffractionInputs.from_datacube(dc, _braggvectors(dc, truth), size=32)
+    A = truth_transform(truth).params.reshape(-1, 2, 2)
+    g = material_spots("Si", 0.8)["g"]
+    shortest = np.hypot(*np.einsum("nij,sj->nsi", A, g).transpose(2, 0, 1)).min(1)
+    assert inp.ring_source == "braggvectors"
+    assert inp.ring[0] == pytest.approx(0.5 * np.median(shortest), rel=1e-9)
+    assert inp.bragg_peaks.shape[1] == 2 and len(inp.bragg_peaks) >= 4
+    g1 = np.hypot(*g.T).min()
+    assert np.hypot(*inp.bragg_peaks[:4].T) == pytest.approx(np.full(4, g1), rel=0.03)
+
+
+# ----------------------------------------------------------------- bad input
+def test_bad_inputs(tiny, distorted):
+    import py4DSTEM
+
+    dc, truth = tiny
+    make = DiffractionInputs.from_datacube
+    with pytest.raises(TypeError, match="datacube"):
+        make(np.zeros((2, 2, 32, 32)))
+    for bad in (np.nan, np.inf, -1.0):
+        data = np.array(dc.data)
+        data[1, 2, 3, 4] = bad
+        cube = py4DSTEM.DataCube(data=data, calibration=dc.calibration.copy())
+        with pytest.raises(ValueError, match="datacube"):
+            make(cube)
+    with pytest.raises(TypeError, match="size"):
+        make(dc, size=32.0)
+    for size in (8, 15, 513):
+        with pytest.raises(ValueError, match="size"):
+            make(dc, size=size)
+    for q_max in (0.0, -1.0):
+        with pytest.raises(ValueError, match="q_max"):
+            make(dc, q_max=q_max)
+    with pytest.raises(ValueError, match="scaling"):
+        make(dc, scaling="gamma")
+    for ring in ((0.5, 0.5), (0.6, 0.2)):
+        with pytest.raises(ValueError, match="ring"):
+            make(dc, ring=ring)
+    with pytest.raises(ValueError, match="power"):
+        make(dc, scaling="power", power=0.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        make(dc, batch_size=0)
+    dcd, trd = distorted
+    with pytest.raises(ValueError, match="braggvectors"):
+        make(dc, _braggvectors(dcd, trd))  # (6, 6) vectors for a (6, 5) scan
+    with pytest.raises(TypeError, match="braggvectors"):
+        make(dc, braggvectors=np.zeros((6, 5)))
+    inp = make(dc, size=16)
+    with pytest.raises(ValueError, match="indices"):
+        inp.batch([0, inp.n_patterns])
+    with pytest.raises(TypeError, match="indices"):
+        inp.batch([0.5])

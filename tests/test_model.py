@@ -1,0 +1,154 @@
+"""CC-ST-AE network, refinement, estimator: behaviour on small simulated data."""
+
+import numpy as np
+import pytest
+import torch
+from py4DSTEM import DataCube
+
+from py4dstem_ccstae.affine import LatticeTransform
+from py4dstem_ccstae.estimator import CCSTAE, _detect_symmetry, fit_strain
+from py4dstem_ccstae.model import compose_A
+from py4dstem_ccstae.simulate import material_spots, polycrystal
+from py4dstem_ccstae.train import refine
+
+FAST = dict(size=48, epochs=6, batch_size=32, refine_steps=60)
+
+
+@pytest.fixture(scope="module")
+def data():
+    dc, truth = polycrystal(
+        scan_shape=(12, 12), pattern_shape=(96, 96), num_grains=5, seed=3
+    )
+    return dc, truth, truth.get_slice("reference").data.astype(bool)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    dc, _, _ = data
+    return CCSTAE(**FAST).fit(dc, seed=0, progress=False, device="cpu")
+
+
+def test_compose_A_is_the_affine_convention():
+    rng = np.random.default_rng(0)
+    e = rng.uniform(-0.03, 0.03, (5, 3))
+    th = rng.uniform(-0.5, 0.5, 5)
+    A = compose_A(torch.tensor(e), torch.tensor(-th)).numpy()
+    ref = LatticeTransform.from_strain(e[:, 0], e[:, 1], e[:, 2], th).params
+    np.testing.assert_allclose(A, ref, atol=1e-12)
+
+
+def _render(S, g, A, sigma=2.0):
+    c = (S - 1) / 2
+    xx, yy = np.mgrid[:S, :S]
+    out = np.zeros((S, S))
+    for q in g @ A.T:
+        out += np.exp(-((xx - c - q[0]) ** 2 + (yy - c - q[1]) ** 2) / (2 * sigma**2))
+    return out
+
+
+def test_refinement_recovers_known_transforms():
+    # patterns whose spots (fixed shape) sit at A g: the strain must come back
+    S = 64
+    g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
+    truth = [
+        (0.01, -0.015, 0.008, 0.02),
+        (-0.02, 0.005, -0.01, -0.05),
+        (0.0, 0.0, 0.0, 0.0),
+    ]
+    A = [LatticeTransform.from_strain(*t).params for t in truth]
+    X = torch.tensor(np.stack([_render(S, g, a) for a in A]), dtype=torch.float32)
+    base = torch.tensor(_render(S, g, np.eye(2)), dtype=torch.float32)[None, None]
+    c = (S - 1) / 2
+    r = np.hypot(*(np.mgrid[:S, :S] - c))
+    d = np.hypot(*(np.mgrid[:S, :S][:, :, :, None] - c - g.T[:, None, None])).min(-1)
+    mask = torch.tensor((r > 6) & (r < 30) & (d < 5), dtype=torch.float32)
+    e, p = refine(
+        X,
+        base,
+        torch.zeros(3, dtype=torch.long),
+        torch.zeros(3, 3),
+        torch.zeros(3),
+        mask,
+        steps=300,
+        spots=torch.tensor(g, dtype=torch.float32),
+        spot_radius=5.0,
+    )
+    for i, t in enumerate(truth):
+        got = LatticeTransform.from_strain(*e[i].numpy(), -float(p[i])).strain()
+        keys = ("e_xx", "e_yy", "e_xy", "theta")
+        err = [abs(got[k] - v) for k, v in zip(keys, t, strict=True)]
+        # signs and axes are exact; the size of the residual (interpolation of
+        # sharp spots) is an open item: the target is 1e-4
+        assert max(err) < 6e-4, (t, got)
+
+
+def test_symmetry_detection():
+    S = 64
+    c = (S - 1) / 2
+    r = np.hypot(*(np.mgrid[:S, :S] - c))
+    ring = (r > 6) & (r < 30)
+    for material, n in (("Si", 4), ("MoS2", 6)):
+        g = material_spots(material, 1.0)["g"]
+        g = g / np.hypot(*g.T).min() * 12.0
+        assert _detect_symmetry(_render(S, g, np.eye(2)), ring) == n
+
+
+def test_training_lowers_loss_and_tracks_truth(data, fitted):
+    dc, truth, ref = data
+    h = fitted.history_
+    assert h[-1]["loss"] < 0.7 * h[0]["loss"]
+    assert fitted.fitted_["symmetry"] == 4
+    rs = fitted.strain_map(dc, reference=ref)
+    assert list(rs.slicelabels) == [
+        "e_xx",
+        "e_yy",
+        "e_xy",
+        "theta",
+        "mask",
+        "class",
+        "error",
+    ]
+    for k in ("e_xx", "e_yy", "e_xy"):
+        est, tru = rs.get_slice(k).data.ravel(), truth.get_slice(k).data.ravel()
+        assert np.corrcoef(est, tru)[0, 1] > 0.9, k
+        assert np.mean(np.abs(est - tru)) < 3e-3, k
+    assert np.all(rs.get_slice(k).data[ref] == pytest.approx(0, abs=2e-3))
+
+
+def test_same_seed_same_result(data, fitted):
+    dc, _, _ = data
+    again = CCSTAE(**FAST).fit(dc, seed=0, progress=False, device="cpu")
+    np.testing.assert_array_equal(fitted.predict(dc)["A"], again.predict(dc)["A"])
+
+
+def test_save_load_round_trip(tmp_path, data, fitted):
+    dc, _, _ = data
+    p = fitted.save(tmp_path / "model.h5")
+    loaded = CCSTAE.load(p)
+    a, b = fitted.predict(dc), loaded.predict(dc)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    with pytest.raises(ValueError, match="exists"):
+        fitted.save(p)
+
+
+def test_bad_input(data, fitted, tmp_path):
+    dc, _, _ = data
+    with pytest.raises(TypeError, match="unknown CCSTAE option"):
+        CCSTAE(epochs_=3)
+    with pytest.raises(ValueError, match="symmetry"):
+        CCSTAE(symmetry=0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        CCSTAE().predict(dc)
+    with pytest.raises(ValueError, match="reference"):
+        fitted.strain_map(dc, reference=np.ones((3, 3), bool))
+    with pytest.raises(ValueError, match="reference"):
+        fitted.strain_map(dc, reference=np.zeros((12, 12), bool))
+    bad = np.array(dc.data)
+    bad[0, 0, 10, 10] = np.nan
+    with pytest.raises(ValueError, match="datacube"):
+        fit_strain(DataCube(data=bad, calibration=dc.calibration.copy()), progress=False)
+    with pytest.raises(ValueError, match="device"):
+        CCSTAE(**FAST).fit(dc, device="tpu", progress=False)
+    with pytest.raises(ValueError, match="not a file"):
+        CCSTAE.load(tmp_path / "nope.h5")
