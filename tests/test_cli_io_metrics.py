@@ -61,7 +61,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     text = capsys.readouterr().out
     read_call = text.strip().splitlines()[-1].strip()
     assert read_call.startswith("py4DSTEM.read(")
-    assert "py4DSTEM (rotation-free truth)" in text
+    assert "py4DSTEM (rotation-free truth)" in text and "CC-ST-AE" in text
+    assert (tmp_path / "strain_ccstae.png").exists() and (
+        tmp_path / "demo_model.h5"
+    ).exists()
     assert (tmp_path / "demo.h5").exists()
     assert (tmp_path / "strain_py4dstem.png").stat().st_size > 1000
     # refuses to overwrite without --force
@@ -69,7 +72,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     # the file reads back in a fresh process without this package
     code = (
         f"import py4DSTEM, sys; r = {read_call}; "
-        "assert list(r.slicelabels)[:5] == ['e_xx','e_yy','e_xy','theta','mask']; "
+        "assert list(r.slicelabels) == "
+        "['e_xx','e_yy','e_xy','theta','mask','class','error']; "
         "assert 'py4dstem_ccstae' not in sys.modules"
     )
     subprocess.run(
