@@ -118,6 +118,31 @@ def _demo(args) -> int:
     return 0
 
 
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated percentages, got {text!r}"
+        ) from None
+    if not vals or any(not 0 <= v <= 100 for v in vals):
+        raise argparse.ArgumentTypeError(f"percentages must be in [0, 100], got {text!r}")
+    return vals
+
+
+def _benchmark(args) -> int:
+    from .benchmark import PAPER_LEVELS, QUICK_LEVELS, run_benchmark, write_results
+
+    levels = args.levels or (QUICK_LEVELS if args.quick else PAPER_LEVELS)
+    scan = args.scan or (24 if args.quick else 64)
+    command = "py4dstem-ccstae benchmark " + " ".join(args.argv_)
+    rows = run_benchmark(scan, levels, seed=args.seed, progress=True)
+    md = write_results(rows, args.out, command.strip())
+    print(md.read_text())
+    print(f"written: {md} (+ .csv, .json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="py4dstem-ccstae",
@@ -148,11 +173,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
     demo.add_argument("--force", action="store_true", help="overwrite DIR/demo.h5")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser(
+        "benchmark",
+        help="CC-ST-AE vs py4DSTEM on simulated data across noise levels",
+        description=(
+            "Simulate a Si polycrystal, add the paper's background noise at each level, "
+            "run CC-ST-AE and py4DSTEM's pipeline on identical data in one process and "
+            "write DIR/benchmark.md, .csv and .json."
+        ),
+    )
+    bench.add_argument("--quick", action="store_true", help="24x24 scan, noise 0 and 50 %%")
+    bench.add_argument("--scan", type=_positive_int, default=None, metavar="N")
+    bench.add_argument(
+        "--levels", type=_levels, default=None, metavar="P,P,..", help="noise percentages"
+    )
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--out", default="benchmark_out", metavar="DIR")
+    bench.set_defaults(func=_benchmark)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv_ = argv[1:]
     return int(args.func(args))
 
 
