@@ -78,3 +78,18 @@ def check_number(
     if high is not None and v > high:
         raise ValueError(f"{name} must be <= {high}, got {value}")
     return v
+
+
+def check_reference(reference, scan_shape: tuple[int, int], name: str = "reference"):
+    """Require a boolean mask of the scan shape selecting at least one position."""
+    reference = np.asarray(reference)
+    if reference.shape != tuple(scan_shape):
+        raise ValueError(
+            f"{name} must be a boolean mask of the scan shape {tuple(scan_shape)}, "
+            f"got shape {reference.shape}"
+        )
+    if reference.dtype != bool:
+        raise TypeError(f"{name} must be a boolean mask, got dtype {reference.dtype}")
+    if not reference.any():
+        raise ValueError(f"{name} selects no scan position")
+    return reference

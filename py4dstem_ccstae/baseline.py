@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from ._validation import check_datacube
+from ._validation import check_datacube, check_reference
 
 __all__ = ["py4dstem_strain", "DEFAULT_BASELINE_PARAMS"]
 
@@ -142,18 +142,7 @@ def py4dstem_strain(
     p = {**DEFAULT_BASELINE_PARAMS, **params}
     Rx, Ry, Qx, Qy = datacube.data.shape
     if reference is not None:
-        reference = np.asarray(reference)
-        if reference.shape != (Rx, Ry):
-            raise ValueError(
-                f"reference must be a boolean mask of the scan shape {(Rx, Ry)}, "
-                f"got shape {reference.shape}"
-            )
-        if reference.dtype != bool:
-            raise TypeError(
-                f"reference must be a boolean mask, got dtype {reference.dtype}"
-            )
-        if not reference.any():
-            raise ValueError("reference selects no scan position")
+        reference = check_reference(reference, (Rx, Ry))
     if p["origin"] not in ("fit", "calibration"):
         raise ValueError(f"origin must be 'fit' or 'calibration', got {p['origin']!r}")
 

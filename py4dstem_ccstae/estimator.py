@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._validation import check_seed
+from ._validation import check_datacube, check_reference, check_seed
 from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform
 from .model import CCSTAENet, compose_A
@@ -270,18 +270,7 @@ class CCSTAE:
         shape = pred["class"].shape
         if reference is None:
             reference = np.ones(shape, bool)
-        reference = np.asarray(reference)
-        if reference.shape != shape:
-            raise ValueError(
-                f"reference must be a boolean mask of the scan shape {shape}, "
-                f"got shape {reference.shape}"
-            )
-        if reference.dtype != bool:
-            raise TypeError(
-                f"reference must be a boolean mask, got dtype {reference.dtype}"
-            )
-        if not reference.any():
-            raise ValueError("reference selects no scan position")
+        reference = check_reference(reference, shape)
         T = LatticeTransform(pred["A"])
         rel = T.relative_to(T.reference_from_mask(reference)).strain()
         data_ = np.stack(
@@ -392,6 +381,9 @@ def fit_strain(
         ``e_xx, e_yy, e_xy, theta, mask, class, error``.
     """
     model = CCSTAE(**config)
+    check_datacube(datacube)
+    if reference is not None:  # fail before training, not after
+        check_reference(reference, tuple(datacube.data.shape[:2]))
     inputs = model._inputs(datacube, braggvectors)
     model.fit(inputs, seed=seed, device=device, progress=progress)
     return model.strain_map(inputs, reference=reference)
