@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from ._validation import check_datacube, check_reference, check_seed
 from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform
+from .io import atomic_write
 from .model import CCSTAENet, compose_A
 from .train import TrainConfig, encode, fit_network, refine, resolve_device
 
@@ -297,30 +297,15 @@ class CCSTAE:
         import h5py
 
         self._require_fitted()
-        path = Path(path)
-        folder = path.parent if str(path.parent) else Path(".")
-        if not folder.is_dir():
-            raise ValueError(f"path: folder {str(folder)!r} does not exist")
-        if path.exists() and not overwrite:
-            raise ValueError(
-                f"path: {str(path)!r} exists; pass overwrite=True to replace it"
-            )
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = "py4dstem_ccstae.CCSTAE/1"
-                f.attrs["config"] = json.dumps(self.config)
-                f.attrs["fitted"] = json.dumps(self.fitted_)
-                f.attrs["history"] = json.dumps(self.history_)
-                g = f.create_group("state_dict")
-                for k, v in self.net.state_dict().items():
-                    g.create_dataset(k, data=v.detach().cpu().numpy())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        with atomic_write(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["format"] = "py4dstem_ccstae.CCSTAE/1"
+            f.attrs["config"] = json.dumps(self.config)
+            f.attrs["fitted"] = json.dumps(self.fitted_)
+            f.attrs["history"] = json.dumps(self.history_)
+            g = f.create_group("state_dict")
+            for k, v in self.net.state_dict().items():
+                g.create_dataset(k, data=v.detach().cpu().numpy())
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> CCSTAE:

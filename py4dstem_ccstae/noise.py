@@ -25,8 +25,6 @@ from ._validation import check_datacube, check_seed
 
 __all__ = ["add_background_noise", "add_poisson_noise", "lorentzian_halo"]
 
-_CHUNK_PATTERNS = 512
-
 
 def lorentzian_halo(pattern_shape: tuple[int, int], width: float = 0.01) -> np.ndarray:
     """The paper's background halo, centred on the pattern centre, unit sum.
@@ -72,6 +70,24 @@ def _new_datacube(datacube, data: np.ndarray, suffix: str):
     )
 
 
+def _per_pattern(datacube, fn, suffix: str):
+    """New float32 DataCube with ``fn(unit, total)`` applied to every pattern.
+
+    ``unit`` is a chunk of patterns (n, Qx, Qy) normalised to unit sum (all-zero
+    patterns stay zero), ``total`` their original sums (n, 1, 1). Patterns are
+    visited in scan order, one scan row at a time (works for memmap and h5py
+    data), so a seeded generator inside ``fn`` gives reproducible output.
+    """
+    data = datacube.data
+    out = np.empty(data.shape, dtype=np.float32)
+    for rx in range(data.shape[0]):
+        img = np.asarray(data[rx], dtype=np.float64)
+        total = img.sum(axis=(1, 2), keepdims=True)
+        safe = np.where(total > 0, total, 1.0)
+        out[rx] = fn(img / safe, safe)
+    return _new_datacube(datacube, out, suffix)
+
+
 def add_background_noise(
     datacube,
     percent: float,
@@ -115,20 +131,15 @@ def add_background_noise(
     if w == 0.0:
         return _new_datacube(datacube, np.array(data, dtype=np.float32), "noisy")
 
-    Rx, Ry, Qx, Qy = data.shape
-    bg = lorentzian_halo((Qx, Qy), width)
+    bg = lorentzian_halo(data.shape[2:], width)
     rng = np.random.default_rng(seed)
-    out = np.empty(data.shape, dtype=np.float32)
-    flat_in = data.reshape(Rx * Ry, Qx, Qy)
-    flat_out = out.reshape(Rx * Ry, Qx, Qy)
-    for start in range(0, Rx * Ry, _CHUNK_PATTERNS):
-        img = np.asarray(flat_in[start : start + _CHUNK_PATTERNS], dtype=np.float64)
-        total = img.sum(axis=(1, 2), keepdims=True)
-        safe = np.where(total > 0, total, 1.0)
-        comb = img / safe * (1.0 - w) + bg * w
-        noisy = rng.poisson(comb * counts) / counts * safe
-        flat_out[start : start + _CHUNK_PATTERNS] = noisy
-    return _new_datacube(datacube, out, "noisy")
+    return _per_pattern(
+        datacube,
+        lambda unit, total: (
+            rng.poisson((unit * (1.0 - w) + bg * w) * counts) / counts * total
+        ),
+        "noisy",
+    )
 
 
 def add_poisson_noise(datacube, counts: float = 1e4, seed: int = 0):
@@ -152,15 +163,5 @@ def add_poisson_noise(datacube, counts: float = 1e4, seed: int = 0):
     check_datacube(datacube)
     counts = _check_counts(counts)
     seed = check_seed(seed)
-    data = datacube.data
-    Rx, Ry, Qx, Qy = data.shape
     rng = np.random.default_rng(seed)
-    out = np.empty(data.shape, dtype=np.float32)
-    flat_in = data.reshape(Rx * Ry, Qx, Qy)
-    flat_out = out.reshape(Rx * Ry, Qx, Qy)
-    for start in range(0, Rx * Ry, _CHUNK_PATTERNS):
-        img = np.asarray(flat_in[start : start + _CHUNK_PATTERNS], dtype=np.float64)
-        total = img.sum(axis=(1, 2), keepdims=True)
-        safe = np.where(total > 0, total, 1.0)
-        flat_out[start : start + _CHUNK_PATTERNS] = rng.poisson(img / safe * counts)
-    return _new_datacube(datacube, out, "dose")
+    return _per_pattern(datacube, lambda unit, total: rng.poisson(unit * counts), "dose")
