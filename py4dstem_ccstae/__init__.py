@@ -7,11 +7,18 @@ Modules (imports point one way, down this list):
 * :mod:`~py4dstem_ccstae.simulate` - ground-truth polycrystal simulator
 * :mod:`~py4dstem_ccstae.baseline` - py4DSTEM's own strain pipeline, automated
 * :mod:`~py4dstem_ccstae.metrics` - errors against ground truth
+* :mod:`~py4dstem_ccstae.io` - atomic EMD/HDF5 writes
+* :mod:`~py4dstem_ccstae.adapters` - calibrated, scaled, masked inputs from a DataCube
+* :mod:`~py4dstem_ccstae.warp`, ``model``, ``losses``, ``train`` - the CC-ST-AE (torch)
+* :mod:`~py4dstem_ccstae.estimator` - ``CCSTAE`` and ``fit_strain``
+* :mod:`~py4dstem_ccstae.benchmark` - side-by-side comparison with py4DSTEM
 * :mod:`~py4dstem_ccstae.cli` - the ``py4dstem-ccstae`` command line
 """
 
-from .affine import LatticeTransform
-
 __version__ = "0.1.0"
 
-__all__ = ["LatticeTransform", "__version__"]
+from .adapters import DiffractionInputs  # noqa: E402
+from .affine import LatticeTransform  # noqa: E402
+from .estimator import CCSTAE, fit_strain  # noqa: E402
+
+__all__ = ["CCSTAE", "DiffractionInputs", "LatticeTransform", "fit_strain", "__version__"]
