@@ -8,16 +8,39 @@ Sub-commands
     truth and writes one EMD file (DataCube, truth, py4DSTEM strain map) plus a
     ``show_strain`` figures; fits the CC-ST-AE on the same data and reports
     both side by side.
+``benchmark``
+    CC-ST-AE vs py4DSTEM on simulated data across noise levels (tables).
+``fit INPUT``
+    Trains a CC-ST-AE on a py4DSTEM/EMD or raw 4D-STEM file and writes its
+    strain map and the model to one EMD file (:func:`run_fit`).
+``predict MODEL INPUT``
+    Applies a saved model to a new scan (:func:`run_predict`).
+
+Bad arguments print one line and exit with code 2; outputs are written
+atomically and never overwrite existing files without ``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-__all__ = ["main"]
+import numpy as np
+
+__all__ = [
+    "build_parser",
+    "default_output",
+    "main",
+    "parse_reference",
+    "reference_arg",
+    "run_fit",
+    "run_predict",
+    "write_strain_plot",
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,6 +166,660 @@ def _benchmark(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------- fit / predict
+OUTPUT_SUFFIX = "_ccstae.h5"
+STRAIN_DATAPATH = "ccstae/ccstae_strain"
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 1, got {text!r}"
+        ) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0, got {text!r}"
+        ) from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def reference_arg(text: str) -> str:
+    """argparse ``type=`` for ``--reference``: check the ``R0:R1,C0:C1`` syntax.
+
+    Bounds are checked against the scan by :func:`parse_reference`.
+    """
+    try:
+        _parse_ranges(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _parse_ranges(text: str) -> tuple[tuple[int | None, int | None], ...]:
+    bad = (
+        f"expected R0:R1,C0:C1 (scan rows R0..R1-1, columns C0..C1-1; "
+        f"ends may be left out), got {text!r}"
+    )
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError(bad)
+    ranges = []
+    for part in parts:
+        ends = part.split(":")
+        if len(ends) != 2:
+            raise ValueError(bad)
+        try:
+            lo, hi = (int(e) if e.strip() else None for e in ends)
+        except ValueError:
+            raise ValueError(bad) from None
+        if (lo is not None and lo < 0) or (hi is not None and hi < 0):
+            raise ValueError(f"reference indices must be >= 0, got {text!r}")
+        if lo is not None and hi is not None and hi <= lo:
+            raise ValueError(f"reference range {part!r} is empty (end <= start)")
+        ranges.append((lo, hi))
+    return tuple(ranges)
+
+
+def parse_reference(text: str, scan_shape: tuple[int, int]) -> np.ndarray:
+    """Reference mask from ``"R0:R1,C0:C1"`` (scan rows and columns, end exclusive).
+
+    Parameters
+    ----------
+    text : str
+        Two Python-style ranges of scan positions; either end may be left out
+        (``":4,10:"``). Indices are scan pixels, 0-based.
+    scan_shape : (int, int)
+        ``(Rx, Ry)`` of the data.
+
+    Returns
+    -------
+    ndarray of bool, shape ``scan_shape``
+        True inside the rectangle.
+
+    Raises
+    ------
+    ValueError
+        Bad syntax, or a range outside the scan.
+    """
+    ranges = _parse_ranges(text)
+    mask = np.zeros(tuple(scan_shape), bool)
+    for (lo, hi), n, axis in zip(ranges, scan_shape, ("rows", "columns"), strict=True):
+        if (lo or 0) >= n or (hi is not None and hi > n):
+            raise ValueError(
+                f"--reference: {axis} {'' if lo is None else lo}:"
+                f"{'' if hi is None else hi} outside the scan ({n} {axis})"
+            )
+    (r0, r1), (c0, c1) = ranges
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
+def _reference_mask_file(
+    path: str | os.PathLike, scan_shape: tuple[int, int]
+) -> np.ndarray:
+    from ._validation import check_reference
+
+    try:
+        mask = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--reference-mask: cannot read {str(path)!r} as .npy: {err}"
+        ) from None
+    if mask.dtype != bool:
+        raise ValueError(
+            f"--reference-mask: expected a bool array, got dtype {mask.dtype} "
+            f"in {str(path)!r}"
+        )
+    return check_reference(mask, scan_shape, name="--reference-mask")
+
+
+def _resolve_reference(reference, reference_mask, scan_shape) -> np.ndarray | None:
+    if reference is not None and reference_mask is not None:
+        raise ValueError("--reference and --reference-mask are mutually exclusive")
+    if reference is not None:
+        return parse_reference(reference, scan_shape)
+    if reference_mask is not None:
+        return _reference_mask_file(reference_mask, scan_shape)
+    return None
+
+
+def default_output(input: str | os.PathLike) -> Path:
+    """``<folder>/<stem>_ccstae.h5`` beside the input file."""
+    input = Path(input)
+    return input.with_name(input.stem + OUTPUT_SUFFIX)
+
+
+def _check_outputs(inputs: dict, outputs: dict, force: bool) -> None:
+    """Fail before any work if an output is impossible or would clobber something."""
+    seen = {}
+    for flag, p in outputs.items():
+        if p is None:
+            continue
+        p = Path(p)
+        for iflag, ip in inputs.items():
+            if ip is not None and Path(ip).exists() and p.resolve() == Path(ip).resolve():
+                raise ValueError(f"{flag}: {str(p)!r} is the {iflag} file; choose another")
+        if p.resolve() in seen:
+            raise ValueError(f"{flag}: {str(p)!r} is also {seen[p.resolve()]}")
+        seen[p.resolve()] = flag
+        folder = p.parent if str(p.parent) else Path(".")
+        if not folder.is_dir():
+            raise ValueError(f"{flag}: folder {str(folder)!r} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"{flag}: folder {str(folder)!r} is not writable")
+        if p.is_dir():
+            raise ValueError(f"{flag}: {str(p)!r} is a folder")
+        if p.exists() and not force:
+            from .io import OutputExistsError
+
+            raise OutputExistsError(f"{flag}: {str(p)!r} exists; pass --force to overwrite")
+
+
+def _read_braggvectors(spec: str | None, input: Path):
+    """BraggVectors from a datapath inside ``input`` or from another EMD file.
+
+    The calibrations stored with them (origin, ellipse, Q pixel size, Q/R
+    rotation: normally the DataCube's) are applied, as the adapter expects.
+    """
+    if spec is None:
+        return None
+    import h5py
+    import py4DSTEM
+
+    from .io import is_emd_file
+
+    if Path(spec).is_file():
+        path, datapath = Path(spec), None
+    elif is_emd_file(input):
+        path, datapath = input, spec.strip("/")
+    else:
+        raise ValueError(
+            f"--braggvectors: {spec!r} is neither a file nor a datapath in an EMD INPUT"
+        )
+    if not is_emd_file(path):
+        raise ValueError(f"--braggvectors: {str(path)!r} is not a py4DSTEM/EMD file")
+    found: list[str] = []
+    with h5py.File(path, "r") as f:
+        if datapath is not None and datapath not in f:
+            raise ValueError(f"--braggvectors: no {datapath!r} in {str(path)!r}")
+
+        def visit(name, obj):
+            if (
+                isinstance(obj, h5py.Group)
+                and obj.attrs.get("python_class") == "BraggVectors"
+            ):
+                found.append(name)
+
+        start = f[datapath] if datapath else f
+        if start.attrs.get("python_class") == "BraggVectors":
+            found.append(datapath)
+        else:
+            start.visititems(visit)
+            prefix = f"{datapath}/" if datapath else ""
+            found = [prefix + n for n in found]
+    if len(found) != 1:
+        raise ValueError(
+            f"--braggvectors: expected one BraggVectors in {str(path)!r}"
+            f"{' under ' + repr(datapath) if datapath else ''}, found {len(found)}"
+        )
+    bv = py4DSTEM.read(str(path), datapath=found[0], tree=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            bv.setcal()  # apply every calibration found (origin, ellipse, pixel, rotation)
+        except AssertionError as err:
+            raise ValueError(f"--braggvectors: cannot calibrate: {err}") from None
+    return bv
+
+
+def _output_root(strain, model, info: dict):
+    """One EMD tree: root ``ccstae`` with the strain RealSlice (and the model)."""
+    from emdfile import Metadata, Root
+
+    root = model.to_emd().root if model is not None else Root(name="ccstae")
+    root.force_add_to_tree(strain)
+    root.metadata = Metadata(name="ccstae_run", data=info)
+    return root
+
+
+def _nice(value: float, floor: float) -> float:
+    """Round up to 1, 2 or 5 x 10^k (colour-bar limits), at least ``floor``."""
+    if not np.isfinite(value) or value <= floor:
+        return floor
+    e = 10 ** np.floor(np.log10(value))
+    return float(next(m * e for m in (1, 2, 5, 10) if m * e >= value))
+
+
+def write_strain_plot(strain, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save :func:`py4DSTEM.visualize.show_strain` of ``strain`` as a PNG, atomically.
+
+    Colour limits: the 99th percentile of ``|e|`` (percent) and of
+    ``|theta|`` (degrees), rounded up to 1, 2 or 5 x 10^k.
+    """
+    import matplotlib.pyplot as plt
+    import py4DSTEM
+
+    from .io import atomic_write
+
+    e = np.stack([strain.get_slice(k).data for k in ("e_xx", "e_yy", "e_xy")])
+    theta = strain.get_slice("theta").data
+    v = _nice(float(np.nanpercentile(np.abs(e), 99)) * 100, 0.1)
+    t = _nice(float(np.degrees(np.nanpercentile(np.abs(theta), 99))), 0.1)
+    fig, _ = py4DSTEM.visualize.show_strain(
+        strain, vrange=[-v, v], vrange_theta=[-t, t], show_gvects=False, returnfig=True
+    )
+    try:
+        with atomic_write(path, overwrite=overwrite, argname="--plot") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def _run_info(command, input, datapath, reference, reference_mask, dc, **extra) -> dict:
+    from . import __version__
+
+    cal = dc.calibration
+    return {
+        "command": command,
+        "version": __version__,
+        "input": str(Path(input).resolve()),
+        "datapath": datapath or "",
+        "reference": reference
+        or (f"mask file {reference_mask}" if reference_mask else "all positions"),
+        "scan_shape": [int(n) for n in dc.data.shape[:2]],
+        "pattern_shape": [int(n) for n in dc.data.shape[2:]],
+        "R_pixel_size": float(cal.get_R_pixel_size()),
+        "R_pixel_units": str(cal.get_R_pixel_units()),
+        **extra,
+    }
+
+
+def run_fit(
+    input: str | os.PathLike,
+    *,
+    datapath: str | None = None,
+    reference: str | None = None,
+    reference_mask: str | os.PathLike | None = None,
+    braggvectors: str | None = None,
+    device: str = "auto",
+    out: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+    config: dict | None = None,
+) -> dict:
+    """Train a CC-ST-AE on one file; write its strain map and the model to one EMD file.
+
+    What ``py4dstem-ccstae fit`` runs. Every argument is checked (and the
+    input read) before training; outputs are written atomically.
+
+    Parameters
+    ----------
+    input : str or PathLike
+        py4DSTEM/EMD file (calibration read from it) or a raw format
+        :func:`py4DSTEM.import_file` reads.
+    datapath : str, optional
+        The DataCube inside an EMD ``input`` (default: its only DataCube).
+    reference : str, optional
+        ``"R0:R1,C0:C1"``: the unstrained reference rectangle, scan pixels,
+        end exclusive (see :func:`parse_reference`). Default: all positions.
+    reference_mask : str or PathLike, optional
+        ``.npy`` file with a bool array of the scan shape (instead of
+        ``reference``).
+    braggvectors : str, optional
+        A BraggVectors datapath inside ``input``, or an EMD file holding one;
+        sets the model's ring mask.
+    device : {"auto", "cpu", "cuda"}
+        Training device.
+    out : str or PathLike, optional
+        Output EMD file; default ``<input folder>/<input stem>_ccstae.h5``.
+    plot : str or PathLike, optional
+        PNG of :func:`py4DSTEM.visualize.show_strain`.
+    epochs : int, optional
+        Training epochs (default: :data:`~py4dstem_ccstae.estimator.DEFAULT_CONFIG`).
+    seed : int
+        Random seed (training is deterministic on CPU for a given seed).
+    force : bool
+        Overwrite existing ``out``/``plot``.
+    progress : bool
+        Show per-epoch progress.
+    config : dict, optional
+        Further :class:`~py4dstem_ccstae.CCSTAE` options.
+
+    Returns
+    -------
+    dict
+        ``output``, ``plot`` (Path or None), ``strain_datapath``,
+        ``scan_shape``, ``train_seconds``, ``seconds`` (s), ``model``
+        (the fitted :class:`~py4dstem_ccstae.CCSTAE`).
+
+    Raises
+    ------
+    ValueError
+        Any bad argument or unreadable input (message names the option).
+    FileExistsError
+        An output exists and ``force`` is False (also a ValueError).
+    """
+    from .estimator import CCSTAE
+    from .io import read_datacube, save_emd
+    from .train import resolve_device
+
+    t0 = time.perf_counter()
+    input = Path(input)
+    out = default_output(input) if out is None else Path(out)
+    _check_outputs({"INPUT": input}, {"--out": out, "--plot": plot}, force)
+    resolve_device(device)
+    cfg = dict(config or {})
+    if epochs is not None:
+        cfg["epochs"] = epochs
+    model = CCSTAE(**cfg)
+    dc = read_datacube(input, datapath)
+    scan = tuple(int(n) for n in dc.data.shape[:2])
+    ref = _resolve_reference(reference, reference_mask, scan)
+    bv = _read_braggvectors(braggvectors, input)
+    t1 = time.perf_counter()
+    model.fit(dc, braggvectors=bv, seed=seed, device=device, progress=progress)
+    train_s = time.perf_counter() - t1
+    strain = model.strain_map(dc, reference=ref)
+    info = _run_info(
+        "fit",
+        input,
+        datapath,
+        reference,
+        reference_mask,
+        dc,
+        seed=int(seed),
+        device=str(next(model.net.parameters()).device),
+        braggvectors=braggvectors or "",
+        train_seconds=train_s,
+    )
+    save_emd(out, _output_root(strain, model, info), overwrite=force)
+    if plot is not None:
+        write_strain_plot(strain, plot, overwrite=force)
+    return {
+        "input": input,
+        "output": out,
+        "plot": None if plot is None else Path(plot),
+        "strain_datapath": STRAIN_DATAPATH,
+        "scan_shape": scan,
+        "pattern_shape": tuple(int(n) for n in dc.data.shape[2:]),
+        "train_seconds": train_s,
+        "seconds": time.perf_counter() - t0,
+        "model": model,
+        "strain": strain,
+    }
+
+
+def run_predict(
+    model,
+    input: str | os.PathLike,
+    *,
+    datapath: str | None = None,
+    reference: str | None = None,
+    reference_mask: str | os.PathLike | None = None,
+    device: str = "auto",
+    out: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    force: bool = False,
+) -> dict:
+    """Apply a saved (or in-memory) model to a scan; write its strain map to EMD.
+
+    What ``py4dstem-ccstae predict`` runs.
+
+    Parameters
+    ----------
+    model : str, PathLike or CCSTAE
+        A file :meth:`CCSTAE.load <py4dstem_ccstae.CCSTAE.load>` reads (a
+        ``fit`` output, a saved model, or a data file with a model appended),
+        or a fitted model.
+    input, datapath, reference, reference_mask, out, plot, force
+        As in :func:`run_fit`. The output holds the strain map only.
+    device : {"auto", "cpu", "cuda"}
+        Inference device.
+
+    Returns
+    -------
+    dict
+        ``output``, ``plot``, ``strain_datapath``, ``scan_shape``,
+        ``seconds`` (s), ``strain``.
+    """
+    from .estimator import CCSTAE
+    from .io import read_datacube, save_emd
+    from .train import resolve_device
+
+    t0 = time.perf_counter()
+    input = Path(input)
+    out = default_output(input) if out is None else Path(out)
+    model_path = None if isinstance(model, CCSTAE) else Path(model)
+    _check_outputs(
+        {"INPUT": input, "MODEL": model_path}, {"--out": out, "--plot": plot}, force
+    )
+    resolve_device(device)
+    if model_path is not None:
+        try:
+            model = CCSTAE.load(model_path, device=device)
+        except ValueError as err:
+            raise ValueError(f"MODEL: {str(err).removeprefix('path: ')}") from None
+    dc = read_datacube(input, datapath)
+    scan = tuple(int(n) for n in dc.data.shape[:2])
+    ref = _resolve_reference(reference, reference_mask, scan)
+    strain = model.strain_map(dc, reference=ref)
+    info = _run_info(
+        "predict",
+        input,
+        datapath,
+        reference,
+        reference_mask,
+        dc,
+        model="" if model_path is None else str(model_path.resolve()),
+    )
+    save_emd(out, _output_root(strain, None, info), overwrite=force)
+    if plot is not None:
+        write_strain_plot(strain, plot, overwrite=force)
+    return {
+        "input": input,
+        "output": out,
+        "plot": None if plot is None else Path(plot),
+        "strain_datapath": STRAIN_DATAPATH,
+        "scan_shape": scan,
+        "pattern_shape": tuple(int(n) for n in dc.data.shape[2:]),
+        "seconds": time.perf_counter() - t0,
+        "strain": strain,
+    }
+
+
+def _fail(command: str, err: Exception) -> int:
+    msg = " ".join(str(err).split())
+    print(f"py4dstem-ccstae {command}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _report(res: dict, what: str) -> None:
+    sx, sy = res["scan_shape"]
+    qx, qy = res["pattern_shape"]
+    print(f"{what}: {sx}x{sy} scan of {qx}x{qy} patterns from {res['input']}")
+    if "train_seconds" in res:
+        print(f"trained in {res['train_seconds']:.1f} s; ", end="")
+    print(f"total {res['seconds']:.1f} s")
+    out = res["output"]
+    print(f"strain: {out}  ->  py4DSTEM.read('{out}', datapath='{res['strain_datapath']}')")
+    if what == "fit":
+        print(f"model:  {out}  ->  py4dstem_ccstae.CCSTAE.load('{out}')")
+    if res["plot"] is not None:
+        print(f"plot:   {res['plot']}")
+
+
+def _refine_config(steps: int | None) -> dict:
+    if steps is None:
+        return {}
+    return {"refine": steps > 0, "refine_steps": max(steps, 1)}
+
+
+def _fit(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    try:
+        res = run_fit(
+            args.input,
+            datapath=args.datapath,
+            reference=args.reference,
+            reference_mask=args.reference_mask,
+            braggvectors=args.braggvectors,
+            device=args.device,
+            out=args.out,
+            plot=args.plot,
+            epochs=args.epochs,
+            seed=args.seed,
+            force=args.force,
+            config=_refine_config(args.refine_steps),
+        )
+    except (ValueError, FileExistsError) as err:
+        return _fail("fit", err)
+    _report(res, "fit")
+    return 0
+
+
+def _predict(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    try:
+        res = run_predict(
+            args.model,
+            args.input,
+            datapath=args.datapath,
+            reference=args.reference,
+            reference_mask=args.reference_mask,
+            device=args.device,
+            out=args.out,
+            plot=args.plot,
+            force=args.force,
+        )
+    except (ValueError, FileExistsError) as err:
+        return _fail("predict", err)
+    _report(res, "predict")
+    return 0
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        help="py4DSTEM/EMD file (calibration read from it) or a raw 4D-STEM file "
+        "py4DSTEM.import_file reads (.dm4, .mib, .raw, ...)",
+    )
+    p.add_argument(
+        "--datapath",
+        metavar="P",
+        help="DataCube inside an EMD INPUT, e.g. 'root/datacube' "
+        "(default: its only DataCube)",
+    )
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument(
+        "--reference",
+        type=reference_arg,
+        metavar="R0:R1,C0:C1",
+        help="unstrained reference region: scan rows R0..R1-1 and columns C0..C1-1 "
+        "(0-based; ends may be omitted, e.g. ':10,:10'); default: all positions",
+    )
+    ref.add_argument(
+        "--reference-mask",
+        metavar="FILE",
+        help=".npy file with a bool array of the scan shape (Rx, Ry): the reference region",
+    )
+
+
+def _add_output_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help=f"output EMD file with {what} (default: INPUT folder, <stem>{OUTPUT_SUFFIX})",
+    )
+    p.add_argument("--plot", metavar="FILE", help="also write a show_strain PNG here")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def _add_fit_predict(sub) -> None:
+    fit = sub.add_parser(
+        "fit",
+        help="train a CC-ST-AE on a 4D-STEM file and map its strain",
+        description=(
+            "Train a CC-ST-AE on INPUT and write its strain map (RealSlice "
+            "'ccstae_strain': e_xx, e_yy, e_xy, theta, mask, class, error; strains "
+            "as fractions, theta in radians, py4DSTEM's conventions) and the model "
+            "to one EMD file readable by plain py4DSTEM. Existing outputs are never "
+            "overwritten without --force. Bad arguments exit with code 2."
+        ),
+    )
+    _add_data_options(fit)
+    fit.add_argument(
+        "--braggvectors",
+        metavar="P",
+        help="BraggVectors datapath inside INPUT, or an EMD file holding one "
+        "(sets the ring mask from the Bragg spacing)",
+    )
+    fit.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="training device (auto: CUDA if available)",
+    )
+    _add_output_options(fit, "the strain map and the model")
+    fit.add_argument(
+        "--epochs", type=_count, default=None, metavar="N", help="training epochs (30)"
+    )
+    fit.add_argument(
+        "--seed", type=_nonnegative_int, default=0, metavar="N", help="random seed (0)"
+    )
+    fit.add_argument(
+        "--refine-steps",
+        type=_nonnegative_int,
+        default=None,
+        metavar="N",
+        help="per-pattern refinement steps after training (default: CCSTAE's; "
+        "0: no refinement, faster, less accurate); stored in the model and used "
+        "by 'predict'",
+    )
+    fit.set_defaults(func=_fit)
+
+    pred = sub.add_parser(
+        "predict",
+        help="apply a saved CC-ST-AE model to a new 4D-STEM file",
+        description=(
+            "Load the model in MODEL (a 'fit' output, a file written by "
+            "CCSTAE.save, or a data file with a model appended) and write the "
+            "strain map of INPUT to an EMD file. Existing outputs are never "
+            "overwritten without --force. Bad arguments exit with code 2."
+        ),
+    )
+    pred.add_argument("model", metavar="MODEL", help="EMD file holding a CCSTAE model")
+    _add_data_options(pred)
+    pred.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="inference device (auto: CUDA if available)",
+    )
+    _add_output_options(pred, "the strain map")
+    pred.set_defaults(func=_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="py4dstem-ccstae",
@@ -191,6 +868,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default="benchmark_out", metavar="DIR")
     bench.set_defaults(func=_benchmark)
+
+    _add_fit_predict(sub)
     return parser
 
 

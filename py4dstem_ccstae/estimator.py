@@ -24,11 +24,11 @@ import torch
 from ._validation import check_datacube, check_reference, check_seed
 from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform
-from .io import atomic_write
+from .io import OutputExistsError, atomic_write, is_emd_file
 from .model import CCSTAENet, compose_A
 from .train import TrainConfig, encode, fit_network, refine, resolve_device
 
-__all__ = ["CCSTAE", "fit_strain", "DEFAULT_CONFIG"]
+__all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
 
 #: Defaults, fixed once (never tuned against ground truth).
 DEFAULT_CONFIG = dict(
@@ -48,6 +48,13 @@ DEFAULT_CONFIG = dict(
 )
 
 OUTPUT_SLICES = ("e_xx", "e_yy", "e_xy", "theta", "mask", "class", "error")
+
+#: Saved-model formats: EMD 1.0 tree (current) and plain HDF5 attrs (0.1.0 dev).
+MODEL_FORMAT = "py4dstem_ccstae.CCSTAE/2"
+LEGACY_MODEL_FORMAT = "py4dstem_ccstae.CCSTAE/1"
+#: Name of the Metadata that marks a model node, and the default node name.
+MODEL_METADATA = "ccstae_model"
+MODEL_NODE = "ccstae_model"
 
 
 def _detect_symmetry(pattern: np.ndarray, mask: np.ndarray, threshold: float = 0.8) -> int:
@@ -292,47 +299,388 @@ class CCSTAE:
         return rs
 
     # ------------------------------------------------------------- save/load
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Save config, fitted geometry and weights to an HDF5 file, atomically."""
-        import h5py
+    def to_emd(self, name: str = MODEL_NODE):
+        """The fitted model as an emdfile tree (what :meth:`save` writes).
+
+        Parameters
+        ----------
+        name : str
+            Name of the model node (an HDF5 group name: no ``/``).
+
+        Returns
+        -------
+        emdfile.Node
+            A node called ``name`` carrying Metadata ``"ccstae_model"``
+            (``format``, package ``version``, JSON ``config``, ``fitted``,
+            ``history``, ``state_shapes``), a child ``bases``
+            (:class:`py4DSTEM.DiffractionSlice`, shape (K, S, S), model
+            pixels spanning +-``q_max`` in ``fitted["units"]``) and a child
+            Node ``weights`` with one :class:`emdfile.Array` per other
+            network tensor. It sits in a fresh tree whose root is called
+            ``"ccstae"``: graft more nodes next to it
+            (``model_node.root.graft(strain)``) or graft it into another tree
+            (``other_node.graft(model_node)``), save with
+            :func:`py4DSTEM.save` and read it back with :meth:`from_emd`.
+        """
+        from emdfile import Array, Metadata, Node, Root
+        from py4DSTEM import DiffractionSlice
+
+        from . import __version__
 
         self._require_fitted()
-        with atomic_write(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["format"] = "py4dstem_ccstae.CCSTAE/1"
-            f.attrs["config"] = json.dumps(self.config)
-            f.attrs["fitted"] = json.dumps(self.fitted_)
-            f.attrs["history"] = json.dumps(self.history_)
-            g = f.create_group("state_dict")
-            for k, v in self.net.state_dict().items():
-                g.create_dataset(k, data=v.detach().cpu().numpy())
-        return Path(path)
+        _check_node_name(name, "name")
+        state = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        node = Node(name=name)
+        Root(name="ccstae").add_to_tree(node)
+        node.metadata = Metadata(
+            name=MODEL_METADATA,
+            data={
+                "format": MODEL_FORMAT,
+                "version": __version__,
+                "config": _to_json(self.config),
+                "fitted": _to_json(self.fitted_),
+                "history": _to_json(self.history_),
+                "state_shapes": _to_json({k: list(v.shape) for k, v in state.items()}),
+            },
+        )
+        if "bases" in state:
+            b = state.pop("bases")
+            k = b.shape[0]
+            bases = DiffractionSlice(
+                data=np.ascontiguousarray(b.reshape(k, *b.shape[-2:])),
+                name="bases",
+                units="scaled intensity",
+                slicelabels=[f"base_{i}" for i in range(k)],
+            )
+            node.graft(bases, merge_metadata=False)
+        weights = Node(name="weights")
+        node.add_to_tree(weights)
+        for key, value in state.items():
+            _check_node_name(key, "state_dict key")
+            weights.add_to_tree(Array(data=np.atleast_1d(value), name=key))
+        return node
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu") -> CCSTAE:
-        """Load a model written by :meth:`save`."""
-        import h5py
+    def from_emd(cls, node, device: str = "cpu") -> CCSTAE:
+        """Rebuild a model from the tree :meth:`to_emd` made (e.g. read from a file).
 
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"path: {str(path)!r} is not a file")
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != "py4dstem_ccstae.CCSTAE/1":
-                raise ValueError(f"path: {str(path)!r} is not a saved CCSTAE model")
-            obj = cls(**json.loads(f.attrs["config"]))
-            obj.fitted_ = json.loads(f.attrs["fitted"])
-            obj.history_ = json.loads(f.attrs["history"])
-            state = {k: torch.from_numpy(np.asarray(v)) for k, v in f["state_dict"].items()}
-        size = state["bases"].shape[-1]
+        Parameters
+        ----------
+        node : emdfile.Node
+            The model node, e.g. ``py4DSTEM.read(path, datapath=".../ccstae_model")``.
+        device : str
+            ``"cpu"``, ``"cuda[:n]"`` or ``"auto"``.
+
+        Returns
+        -------
+        CCSTAE
+            Fitted, with ``config``, ``fitted_`` and ``history_`` restored.
+        """
+        dev = resolve_device(device)
+        md = getattr(node, "metadata", {}).get(MODEL_METADATA)
+        if md is None:
+            raise ValueError(f"node: {getattr(node, 'name', node)!r} is not a CCSTAE model")
+        if md["format"] != MODEL_FORMAT:
+            raise ValueError(
+                f"node: model format {md['format']!r} is not {MODEL_FORMAT!r}; "
+                "upgrade py4dstem-ccstae"
+            )
+        shapes = json.loads(md["state_shapes"])
+        state = {}
+        for key, shape in shapes.items():
+            arr = node.tree("bases" if key == "bases" else f"weights/{key}").data
+            state[key] = torch.from_numpy(np.array(arr).reshape(shape))
+        return cls._from_state(
+            json.loads(md["config"]),
+            json.loads(md["fitted"]),
+            json.loads(md["history"]),
+            state,
+            dev,
+        )
+
+    @classmethod
+    def _from_state(cls, config, fitted, history, state, dev) -> CCSTAE:
+        obj = cls(**config)
+        obj.fitted_ = fitted
+        obj.history_ = history
         obj.net = CCSTAENet(
-            size,
+            state["bases"].shape[-1],
             num_bases=state["bases"].shape[0],
             symmetry=obj.fitted_["symmetry"],
             max_strain=obj.config["max_strain"],
             width=obj.config["width"],
         )
         obj.net.load_state_dict(state)
-        obj.net.to(resolve_device(device))
+        obj.net.to(dev)
         return obj
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        append: bool = False,
+        datapath: str | None = None,
+        name: str = MODEL_NODE,
+    ) -> Path:
+        """Save the fitted model to an EMD 1.0 file, atomically.
+
+        The file reads with plain py4DSTEM (no plugin needed): the model is a
+        node ``name`` holding the learned bases as a ``DiffractionSlice``,
+        the weights as ``Array`` s and config/fitted/history as ``Metadata``
+        (see :meth:`to_emd`). A new file holds one EMD tree, root
+        ``"ccstae"``.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Target ``.h5``/``.emd`` file; its folder must exist and be writable.
+        overwrite : bool
+            Without ``append``: replace an existing file. With ``append``:
+            replace a model node of the same ``name`` already at ``datapath``.
+        append : bool
+            Add the model to an existing py4DSTEM/EMD file (e.g. next to the
+            user's DataCube) and keep everything already in it. The file is
+            copied to a temporary file beside it, the model added there, and
+            the copy renamed over the original: a crash leaves the old file
+            intact, but the copy needs as much free disk space as the file.
+            A missing ``path`` is created.
+        datapath : str, optional
+            With ``append``: the existing node (``"root/datacube"``) or root
+            (``"root"``) under which to store the model. Default: the file's
+            only top-level node if its single tree holds exactly one (so
+            ``py4DSTEM.read(path)`` still returns that node, with the model
+            in its tree), else the root of its single tree.
+        name : str
+            Name of the model node.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+
+        Raises
+        ------
+        FileExistsError
+            ``path`` exists and neither ``overwrite`` nor ``append`` is set, or
+            a node ``name`` exists at ``datapath`` and ``overwrite`` is not set
+            (:class:`~py4dstem_ccstae.io.OutputExistsError`, also a ValueError).
+        ValueError
+            Missing or read-only folder; ``append`` to a file that is not EMD
+            1.0; bad ``datapath``; ``datapath`` without ``append``.
+        """
+        import h5py
+        import py4DSTEM
+
+        self._require_fitted()
+        path = Path(path)
+        if datapath is not None and not append:
+            raise ValueError("datapath: only used with append=True")
+        node = self.to_emd(name)
+        target = None
+        if append and path.exists():
+            if not is_emd_file(path):
+                raise ValueError(
+                    f"path: {str(path)!r} is not an EMD 1.0 (py4DSTEM >= 0.14) file; "
+                    "cannot append a model to it"
+                )
+            target = _append_target(path, datapath)
+            with h5py.File(path, "r") as f:
+                if name in f[target] and not overwrite:
+                    raise OutputExistsError(
+                        f"name: {target}/{name} already exists in {str(path)!r}; "
+                        "pass overwrite=True to replace it or choose another name"
+                    )
+        with atomic_write(path, overwrite=overwrite, append=append) as tmp:
+            if target is None:
+                py4DSTEM.save(tmp, node.root, mode="o")
+            else:
+                with h5py.File(tmp, "a") as f:
+                    if name in f[target]:
+                        del f[target][name]
+                    taken = set(f.keys())
+                root_name = "_ccstae_append"
+                while root_name in taken:
+                    root_name += "_"
+                node.root.name = root_name  # a root not in the file: graft below target
+                py4DSTEM.save(tmp, node, mode="a", emdpath=target, tree=True)
+        return path
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, device: str = "cpu", *, datapath: str | None = None
+    ) -> CCSTAE:
+        """Load a model written by :meth:`save` (or grafted with :meth:`to_emd`).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            An EMD file holding a model anywhere in its trees (alone, beside a
+            DataCube, or in a ``py4dstem-ccstae fit`` output), or a file in
+            the older plain-HDF5 format ``py4dstem_ccstae.CCSTAE/1``.
+        device : str
+            ``"cpu"`` (default), ``"cuda[:n]"`` or ``"auto"``.
+        datapath : str, optional
+            The model node, or a group holding exactly one model, when the
+            file holds several.
+
+        Returns
+        -------
+        CCSTAE
+            Fitted; predictions equal those of the saved model.
+
+        Raises
+        ------
+        ValueError
+            Not a file, not HDF5, no model (under ``datapath``), or several
+            models and no ``datapath``.
+        """
+        import emdfile
+        import h5py
+        import py4DSTEM  # noqa: F401  (registers DiffractionSlice for emdfile.read)
+
+        dev = resolve_device(device)
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"path: {str(path)!r} is not a file")
+        if not h5py.is_hdf5(path):
+            raise ValueError(f"path: {str(path)!r} is not an HDF5/EMD file")
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") == LEGACY_MODEL_FORMAT:
+                state = {
+                    k: torch.from_numpy(np.asarray(v)) for k, v in f["state_dict"].items()
+                }
+                return cls._from_state(
+                    json.loads(f.attrs["config"]),
+                    json.loads(f.attrs["fitted"]),
+                    json.loads(f.attrs["history"]),
+                    state,
+                    dev,
+                )
+        where = f" under datapath {datapath!r}" if datapath else ""
+        models = find_models(path, datapath) if is_emd_file(path) else []
+        if not models:
+            raise ValueError(f"path: no CCSTAE model{where} in {str(path)!r}")
+        if len(models) > 1:
+            raise ValueError(
+                f"path: {len(models)} CCSTAE models{where} in {str(path)!r}; choose one "
+                f"with datapath ({', '.join(models)})"
+            )
+        node = emdfile.read(str(path), emdpath=models[0], tree=True)
+        return cls.from_emd(node, device=str(dev))
+
+
+# ------------------------------------------------------- save/load helpers
+_EMD_DATA_GROUPS = ("node", "array", "pointlist", "pointlistarray", "custom")
+
+
+def _to_json(value) -> str:
+    """JSON text of config/fitted/history; numpy scalars and arrays become lists."""
+
+    def default(obj):
+        if isinstance(obj, (np.generic, np.ndarray)):
+            return obj.tolist()
+        if isinstance(obj, tuple):
+            return list(obj)
+        raise TypeError(f"cannot store {type(obj).__name__} in a saved model")
+
+    return json.dumps(value, default=default)
+
+
+def _check_node_name(name, argname: str) -> str:
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"{argname} must be a non-empty name without '/', got {name!r}")
+    return name
+
+
+def _data_children(group) -> list[str]:
+    """Names of the EMD data nodes directly inside an h5py group."""
+    import h5py
+
+    return [
+        k
+        for k, v in group.items()
+        if isinstance(v, h5py.Group)
+        and str(v.attrs.get("emd_group_type", "")).removeprefix("custom_")
+        in _EMD_DATA_GROUPS
+    ]
+
+
+def _is_model_group(group) -> bool:
+    import h5py
+
+    mdb = group.get("metadatabundle")
+    return isinstance(mdb, h5py.Group) and MODEL_METADATA in mdb
+
+
+def _append_target(path: Path, datapath: str | None) -> str:
+    """The h5py group path under which :meth:`CCSTAE.save` appends a model."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if datapath is not None:
+            key = str(datapath).strip("/")
+            grp = f.get(key) if key else None
+            kind = (
+                grp.attrs.get("emd_group_type", "") if isinstance(grp, h5py.Group) else ""
+            )
+            if kind != "root" and str(kind).removeprefix("custom_") not in _EMD_DATA_GROUPS:
+                raise ValueError(
+                    f"datapath: no EMD node or root {datapath!r} in {str(path)!r}"
+                )
+            return key
+        roots = [
+            k
+            for k, v in f.items()
+            if isinstance(v, h5py.Group) and v.attrs.get("emd_group_type") == "root"
+        ]
+        if len(roots) != 1:
+            raise ValueError(
+                f"datapath: {str(path)!r} holds {len(roots)} EMD trees "
+                f"({', '.join(roots)}); say under which node to store the model"
+            )
+        children = _data_children(f[roots[0]])
+        if len(children) == 1 and not _is_model_group(f[roots[0]][children[0]]):
+            return f"{roots[0]}/{children[0]}"
+        return roots[0]
+
+
+def find_models(path: str | os.PathLike, datapath: str | None = None) -> list[str]:
+    """Datapaths of the CCSTAE models saved in an EMD file.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        An EMD 1.0 file.
+    datapath : str, optional
+        Search only at and below this group.
+
+    Returns
+    -------
+    list of str
+        Paths (no leading ``/``), each readable with
+        ``py4DSTEM.read(path, datapath=...)`` or
+        ``CCSTAE.load(path, datapath=...)``.
+    """
+    import h5py
+
+    found: list[str] = []
+    with h5py.File(path, "r") as f:
+        key = str(datapath).strip("/") if datapath else ""
+        start = f[key] if key else f
+        if key and (key not in f or not isinstance(f[key], h5py.Group)):
+            raise ValueError(f"datapath: no group {datapath!r} in {str(path)!r}")
+
+        def visit(group):
+            if group is not f and _is_model_group(group):
+                found.append(group.name.lstrip("/"))
+                return
+            for k, v in group.items():
+                if isinstance(v, h5py.Group) and k != "metadatabundle":
+                    visit(v)
+
+        visit(start)
+    return found
 
 
 def fit_strain(
