@@ -25,7 +25,16 @@ with ``C = detector_matrix(q_pixel_size, ellipse, QR_rotation, QR_flip)``
 origin -> ellipse -> pixel size -> Q/R rotation). Every calibration is undone,
 so ``qx`` of the output is parallel to the scan axis ``Rx`` and a lattice
 vector ``g`` (A^-1) of the calibrated frame appears at output pixel
-``g / dq + (size - 1) / 2``. Sampling is bilinear, zero outside the detector.
+``g / dq + (size - 1) / 2``. Zero outside the detector.
+
+Sampling is *area-averaged* (anti-aliased): each output pixel is the mean of
+``s x s`` bilinear samples spread evenly over its ``dq x dq`` footprint, with
+``s = ceil(dq / d_min)`` (:attr:`DiffractionInputs.supersample`) and ``d_min``
+the smallest detector pixel size in Q units (smallest singular value of
+``C``). Point sampling at a step larger than the detector pixel aliases the
+disk edges, and the aliasing differs from grain to grain (it depends on where
+the disks fall on the output grid), which biased strain by 1-2e-3 per grain.
+With ``dq <= d_min`` (``s = 1``) this is plain bilinear sampling.
 
 Intensities
 -----------
@@ -297,7 +306,14 @@ class DiffractionInputs:
         t = (np.arange(size) - (size - 1) / 2.0) * self.dq
         q = np.stack(np.meshgrid(t, t, indexing="ij"), -1)
         self._q = q
-        self._offsets = q @ np.linalg.inv(C).T
+        # area averaging: s x s sub-samples per output pixel (module docs)
+        d_min = float(np.linalg.svd(C, compute_uv=False).min())
+        self.supersample = max(1, math.ceil(self.dq / d_min - 1e-6))
+        s = self.supersample
+        sub = ((np.arange(s) + 0.5) / s - 0.5) * self.dq
+        dsub = np.stack(np.meshgrid(sub, sub, indexing="ij"), -1).reshape(-1, 2)
+        # (s*s, size, size, 2) detector offsets of every sub-sample
+        self._offsets = (q[None] + dsub[:, None, None, :]) @ np.linalg.inv(C).T
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -487,16 +503,26 @@ class DiffractionInputs:
 
     # --------------------------------------------------------------- internals
     def _resample(self, indices: np.ndarray) -> np.ndarray:
-        """Linear resampled patterns (n, size, size) float64 at flat ``indices``."""
+        """Area-averaged resampled patterns (n, size, size) float64 at flat ``indices``.
+
+        Linear intensities (no scaling); geometry and averaging in the module
+        docs.
+        """
         raw = _read_patterns(self._data, indices, self.scan_shape[1])
         _check_block(raw)
         n = len(indices)
-        p = self.origin.reshape(-1, 2)[indices][:, None, None, :] + self._offsets[None]
-        b = np.broadcast_to(np.arange(n, dtype=np.float64)[:, None, None], p.shape[:-1])
-        coords = np.stack([b, p[..., 0], p[..., 1]])
-        return map_coordinates(
-            raw, coords, output=np.float64, order=1, mode="grid-constant", cval=0.0
+        out = np.zeros((n, self.size, self.size))
+        origin = self.origin.reshape(-1, 2)[indices][:, None, None, :]
+        b = np.broadcast_to(
+            np.arange(n, dtype=np.float64)[:, None, None], (n, self.size, self.size)
         )
+        for offsets in self._offsets:
+            p = origin + offsets[None]
+            coords = np.stack([b, p[..., 0], p[..., 1]])
+            out += map_coordinates(
+                raw, coords, output=np.float64, order=1, mode="grid-constant", cval=0.0
+            )
+        return out / len(self._offsets)
 
     def _scale(self, x: np.ndarray) -> np.ndarray:
         if self.scaling == "linear":

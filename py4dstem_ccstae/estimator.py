@@ -26,7 +26,8 @@ from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform
 from .io import OutputExistsError, atomic_write, is_emd_file
 from .model import CCSTAENet, compose_A
-from .train import TrainConfig, encode, fit_network, refine, resolve_device
+from .spotfit import refine_spots, spot_centres
+from .train import TrainConfig, encode, fit_network, resolve_device
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
 
@@ -44,7 +45,7 @@ DEFAULT_CONFIG = dict(
     batch_size=64,
     lr=2e-3,
     refine=True,
-    refine_steps=100,
+    refine_steps=6,
 )
 
 OUTPUT_SLICES = ("e_xx", "e_yy", "e_xy", "theta", "mask", "class", "error")
@@ -74,7 +75,22 @@ def _detect_symmetry(pattern: np.ndarray, mask: np.ndarray, threshold: float = 0
 
 
 def _find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 0.15):
-    """Spot offsets (n, 2) from the centre in the base, and their typical radius (px)."""
+    """Spots of a learned base: sub-pixel offsets and the compared radius.
+
+    Peaks of the smoothed, background-subtracted base inside the ring mask
+    above ``rel_threshold`` of the brightest are the spots; their centres are
+    refined to sub-pixel accuracy (:func:`~py4dstem_ccstae.spotfit.spot_centres`).
+    The compared radius is where the mean spot profile falls below 5 % of its
+    peak, plus one pixel, at most 0.45 x the nearest-spot spacing.
+
+    Returns
+    -------
+    spots : ndarray (n, 2) or None
+        Offsets from the centre ``(S - 1) / 2`` (model pixels); None when
+        fewer than two spots are found.
+    radius : float or None
+        Compared radius (model pixels).
+    """
     from scipy import ndimage
 
     S = base.shape[0]
@@ -91,8 +107,23 @@ def _find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 
     spots = idx.astype(float) - c
     d = np.hypot(*(spots[:, None] - spots[None]).transpose(2, 0, 1))
     d[d == 0] = np.inf
-    radius = 0.45 * float(np.median(d.min(1)))
-    return spots, radius
+    cell = 0.45 * float(np.median(d.min(1)))
+    spots = spot_centres(b, spots, cell)
+    # mean radial profile of the spots (background-subtracted base)
+    yy, xx = np.mgrid[:S, :S] - c
+    dist = np.hypot(yy[..., None] - spots[:, 0], xx[..., None] - spots[:, 1])
+    near = dist.min(-1)
+    edges = np.arange(0.0, cell + 1.0, 1.0)
+    prof = np.array(
+        [
+            b[(near >= lo) & (near < lo + 1.0)].mean()
+            for lo in edges
+            if ((near >= lo) & (near < lo + 1.0)).any()
+        ]
+    )
+    below = np.nonzero(prof < 0.05 * prof[0])[0] if prof[0] > 0 else np.array([])
+    extent = float(below[0]) if below.size else cell
+    return spots, min(extent + 1.0, cell)
 
 
 class CCSTAE:
@@ -106,7 +137,8 @@ class CCSTAE:
         (``"sqrt"|"linear"|"log"|"power"``), ``ring`` ((inner, outer) A^-1 or
         None), ``num_bases``, ``symmetry`` (int or ``"auto"``), ``max_strain``,
         ``width``, ``epochs``, ``batch_size``, ``lr``, ``refine`` (per-pattern
-        refinement after training), ``refine_steps``.
+        spot-wise refinement after the encoder, :mod:`~py4dstem_ccstae.spotfit`),
+        ``refine_steps`` (Gauss-Newton iterations per refinement round).
     """
 
     def __init__(self, **config):
@@ -202,7 +234,7 @@ class CCSTAE:
         sp = np.asarray(spots)
         d = np.hypot(yy[..., None] - sp[:, 0], xx[..., None] - sp[:, 1]).min(-1)
         m = (d <= self.fitted_["spot_radius"]) & ring_mask
-        return torch.tensor(sp, dtype=torch.float32), torch.tensor(m, dtype=torch.float32)
+        return torch.tensor(sp, dtype=torch.float64), torch.tensor(m, dtype=torch.float32)
 
     # ------------------------------------------------------------ predict
     def predict(self, data, *, refine_transforms: bool | None = None) -> dict:
@@ -227,33 +259,34 @@ class CCSTAE:
             self.config["refine"] if refine_transforms is None else refine_transforms
         )
         spots, spot_mask = self._spot_mask(inputs.size, inputs.mask)
-        if do_refine:
-            strain, phi = refine(
+        A = compose_A(strain, phi).to(torch.float64)
+        if do_refine and spots is not None:
+            out = refine_spots(
                 X,
                 self.net.bases.detach(),
                 cls,
-                strain,
-                phi,
-                spot_mask,
-                steps=self.config["refine_steps"],
-                spots=None if spots is None else spots.to(dev),
-                spot_radius=self.fitted_.get("spot_radius"),
+                A,
+                spots.numpy().astype(np.float64),
+                float(self.fitted_["spot_radius"]),
+                iterations=int(self.config["refine_steps"]),
             )
-        A = compose_A(strain, phi)
-        errs = []
-        with torch.no_grad():
-            for s in range(0, X.shape[0], 256):
-                xb = X[s : s + 256].to(dev)[:, None]
-                base = self.net.bases[cls[s : s + 256].to(dev)]
-                fwd, _, _ = cycle_losses(
-                    xb, base, A[s : s + 256].to(dev), spot_mask.to(dev)
-                )
-                errs.append(fwd.cpu())
+            A, error = out["A"], out["error"]
+        else:
+            errs = []
+            with torch.no_grad():
+                for s in range(0, X.shape[0], 256):
+                    xb = X[s : s + 256].to(dev)[:, None]
+                    base = self.net.bases[cls[s : s + 256].to(dev)]
+                    fwd, _, _ = cycle_losses(
+                        xb, base, A[s : s + 256].to(dev, torch.float32), spot_mask.to(dev)
+                    )
+                    errs.append(fwd.cpu())
+            error = torch.cat(errs)
         shape = inputs.scan_shape
         return {
-            "A": A.numpy().astype(np.float64).reshape(*shape, 2, 2),
+            "A": A.cpu().numpy().astype(np.float64).reshape(*shape, 2, 2),
             "class": cls.numpy().reshape(shape),
-            "error": torch.cat(errs).numpy().reshape(shape),
+            "error": error.cpu().numpy().astype(np.float64).reshape(shape),
         }
 
     def strain_map(self, data, reference: np.ndarray | None = None, **predict_kw):
