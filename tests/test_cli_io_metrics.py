@@ -88,21 +88,3 @@ def test_bad_arguments_exit_2(argv):
     )
     assert proc.returncode == 2
     assert "error" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_quick_benchmark_table(tmp_path, capsys):
-    import json
-
-    rc = main(["benchmark", "--scan", "8", "--levels", "0,50", "--out", str(tmp_path)])
-    assert rc == 0
-    rows = json.loads((tmp_path / "benchmark.json").read_text())["rows"]
-    assert sorted({(r["noise"], r["method"]) for r in rows}) == [
-        (0.0, "CC-ST-AE"),
-        (0.0, "py4DSTEM"),
-        (50.0, "CC-ST-AE"),
-        (50.0, "py4DSTEM"),
-    ]
-    for r in rows:
-        assert all(np.isfinite(r[k]) for k in ("mae_e_xx", "mae_e_yy", "mae_e_xy"))
-    md = (tmp_path / "benchmark.md").read_text()
-    assert md.count("| ratio |") == 2
