@@ -8,8 +8,14 @@ Sub-commands
     truth and writes one EMD file (DataCube, truth, py4DSTEM strain map) plus a
     ``show_strain`` figures; fits the CC-ST-AE on the same data and reports
     both side by side.
+``fit``
+    Trains a CC-ST-AE on a py4DSTEM/EMD or raw file and writes the strain map
+    and the model to one EMD file.
+``predict``
+    Applies a saved model to a new scan.
 ``benchmark``
-    CC-ST-AE vs py4DSTEM on simulated data across noise levels (tables).
+    CC-ST-AE vs py4DSTEM on simulated data across noise levels (tables, plots,
+    full-rotation and dynamical cases).
 ``fit INPUT``
     Trains a CC-ST-AE on a py4DSTEM/EMD or raw 4D-STEM file and writes its
     strain map and the model to one EMD file (:func:`run_fit`).
@@ -128,7 +134,7 @@ def _demo(args) -> int:
     for node in (truth, base, ours):
         dc.tree(graft=node)
     save_emd(emd, dc, overwrite=args.force)
-    model.save(out / "demo_model.h5", overwrite=True)
+    model.save(emd, append=True)  # the model next to the DataCube, same file
     for name, rs in (("truth", truth), ("py4dstem", base), ("ccstae", ours)):
         fig, _ = py4DSTEM.visualize.show_strain(
             rs, vrange=[-3, 3], vrange_theta=[-6, 6], show_gvects=False, returnfig=True
@@ -895,8 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Simulate a Si polycrystal with ground truth, add background noise, run "
             "py4DSTEM's strain pipeline and the CC-ST-AE, print MAE vs truth for both "
-            "and write DIR/demo.h5 (DataCube + truth + both strain maps), "
-            "DIR/demo_model.h5 and DIR/strain_*.png."
+            "and write DIR/demo.h5 (DataCube + truth + both strain maps + the model) "
+            "and DIR/strain_*.png."
         ),
     )
     demo.add_argument("--out", default="demo_out", metavar="DIR", help="output folder")

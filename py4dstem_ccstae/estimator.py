@@ -25,8 +25,8 @@ from ._validation import check_datacube, check_reference, check_seed
 from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform
 from .io import OutputExistsError, atomic_write, is_emd_file
-from .model import CCSTAENet, compose_A
-from .spotfit import refine_spots, spot_centres
+from .model import CCSTAENet
+from .spotfit import base_patches, refine_spots, spot_centres
 from .train import TrainConfig, encode, fit_network, resolve_device
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
@@ -42,11 +42,20 @@ DEFAULT_CONFIG = dict(
     max_strain=0.1,
     width=16,
     epochs=30,
+    epoch_size=1024,
     batch_size=64,
     lr=2e-3,
     refine=True,
     refine_steps=6,
 )
+
+#: Largest training set; larger scans train on a fixed random subset.
+MAX_TRAIN_PATTERNS = 16384
+#: Patterns used to re-estimate the bases' spot patches after training.
+REALIGN_PATTERNS = 4096
+
+#: Patterns read and predicted at a time.
+_PREDICT_BATCH = 1024
 
 OUTPUT_SLICES = ("e_xx", "e_yy", "e_xy", "theta", "mask", "class", "error")
 
@@ -78,8 +87,9 @@ def _find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 
     """Spots of a learned base: sub-pixel offsets and the compared radius.
 
     Peaks of the smoothed, background-subtracted base inside the ring mask
-    above ``rel_threshold`` of the brightest are the spots; their centres are
-    refined to sub-pixel accuracy (:func:`~py4dstem_ccstae.spotfit.spot_centres`).
+    (at least 2 pixels from its border) above ``rel_threshold`` of the
+    brightest are the spots; their centres are refined to sub-pixel accuracy
+    (:func:`~py4dstem_ccstae.spotfit.spot_centres`).
     The compared radius is where the mean spot profile falls below 5 % of its
     peak, plus one pixel, at most 0.45 x the nearest-spot spacing.
 
@@ -100,7 +110,10 @@ def _find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 
     peaks = (smooth == ndimage.maximum_filter(smooth, size=5)) & (
         smooth > rel_threshold * smooth.max()
     )
-    idx = np.argwhere(peaks & ring_mask)
+    # peaks on the mask's border are the edge of whatever the mask cuts (the
+    # direct beam's tail, a background halo), not spots
+    interior = ndimage.binary_erosion(ring_mask, iterations=2)
+    idx = np.argwhere(peaks & interior)
     if len(idx) < 2:
         return None, None
     c = (S - 1) / 2.0
@@ -188,7 +201,15 @@ class CCSTAE:
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         inputs = self._inputs(data, braggvectors)
-        X = torch.from_numpy(inputs.to_array())
+        # training set: every pattern, or a fixed random subset of large scans
+        # (memory stays bounded; the encoder does not need all of them)
+        n_all = inputs.n_patterns
+        if n_all > MAX_TRAIN_PATTERNS:
+            rng = np.random.default_rng(seed)
+            train_idx = np.sort(rng.choice(n_all, MAX_TRAIN_PATTERNS, replace=False))
+        else:
+            train_idx = np.arange(n_all)
+        X = torch.from_numpy(inputs.batch(train_idx))
         mask = torch.tensor(inputs.mask, dtype=torch.float32)
         sym = self.config["symmetry"]
         if sym == "auto":
@@ -202,12 +223,29 @@ class CCSTAE:
         ).to(dev)
         cfg = TrainConfig(
             epochs=self.config["epochs"],
+            epoch_size=self.config["epoch_size"],
             batch_size=self.config["batch_size"],
             lr=self.config["lr"],
         )
         self.history_ = fit_network(self.net, X, mask, cfg, seed=seed, progress=progress)
         bases = self.net.bases.detach().cpu().numpy()[:, 0]
         spots, radius = _find_spots(bases[0], inputs.mask)
+        if spots is not None and self.config["refine"]:
+            # spot patches of the bases, re-estimated from the aligned
+            # training patterns (spotfit module docs)
+            sub = X[: min(len(X), REALIGN_PATTERNS)]
+            enc = encode(self.net, sub)
+            out = refine_spots(
+                sub,
+                base_patches(self.net.bases, spots, radius),
+                enc["cls"],
+                enc["A"],
+                spots,
+                radius,
+                iterations=int(self.config["refine_steps"]),
+                realign=True,
+            )
+            self.net.set_spot_patches(out["patches"])
         self.fitted_ = {
             "q_max": float(inputs.q_max),
             "ring": [float(r) for r in inputs.ring],
@@ -215,6 +253,7 @@ class CCSTAE:
             "units": inputs.units,
             "spots": None if spots is None else spots.tolist(),
             "spot_radius": radius,
+            "train_patterns": int(len(train_idx)),
             "train_seconds": time.perf_counter() - t0,
             "epochs_run": len(self.history_),
             "final_loss": self.history_[-1]["loss"] if self.history_ else None,
@@ -251,37 +290,48 @@ class CCSTAE:
 
         self._require_fitted()
         inputs = self._inputs(data)
-        X = torch.from_numpy(inputs.to_array())
         dev = next(self.net.parameters()).device
-        enc = encode(self.net, X)
-        strain, phi, cls = enc["strain"], enc["phi"], enc["cls"]
         do_refine = (
             self.config["refine"] if refine_transforms is None else refine_transforms
         )
         spots, spot_mask = self._spot_mask(inputs.size, inputs.mask)
-        A = compose_A(strain, phi).to(torch.float64)
-        if do_refine and spots is not None:
-            out = refine_spots(
-                X,
-                self.net.bases.detach(),
-                cls,
-                A,
-                spots.numpy().astype(np.float64),
-                float(self.fitted_["spot_radius"]),
-                iterations=int(self.config["refine_steps"]),
+        patches = getattr(self.net, "spot_patches", None)
+        do_refine = bool(do_refine) and spots is not None
+        if do_refine and patches is None:  # a model fitted with refine=False
+            patches = base_patches(
+                self.net.bases, spots.numpy(), self.fitted_["spot_radius"]
             )
-            A, error = out["A"], out["error"]
-        else:
-            errs = []
-            with torch.no_grad():
-                for s in range(0, X.shape[0], 256):
-                    xb = X[s : s + 256].to(dev)[:, None]
-                    base = self.net.bases[cls[s : s + 256].to(dev)]
+        N = inputs.n_patterns
+        A = torch.empty(N, 2, 2, dtype=torch.float64)
+        cls = torch.empty(N, dtype=torch.long)
+        error = torch.empty(N, dtype=torch.float64)
+        # streamed: memory holds one batch of inputs plus the outputs
+        for idx, xb in inputs.iter_batches(_PREDICT_BATCH):
+            X = torch.from_numpy(xb)
+            enc = encode(self.net, X)
+            Ab = enc["A"].to(torch.float64)
+            if do_refine:
+                out = refine_spots(
+                    X,
+                    patches.to(dev),
+                    enc["cls"],
+                    Ab,
+                    spots.numpy(),
+                    float(self.fitted_["spot_radius"]),
+                    iterations=int(self.config["refine_steps"]),
+                )
+                Ab, err = out["A"], out["error"]
+            else:
+                with torch.no_grad():
                     fwd, _, _ = cycle_losses(
-                        xb, base, A[s : s + 256].to(dev, torch.float32), spot_mask.to(dev)
+                        X.to(dev)[:, None],
+                        self.net.bases[enc["cls"].to(dev)],
+                        Ab.to(dev, torch.float32),
+                        spot_mask.to(dev),
                     )
-                    errs.append(fwd.cpu())
-            error = torch.cat(errs)
+                err = fwd.cpu()
+            t = torch.from_numpy(idx)
+            A[t], cls[t], error[t] = Ab.cpu(), enc["cls"], err.to(torch.float64)
         shape = inputs.scan_shape
         return {
             "A": A.cpu().numpy().astype(np.float64).reshape(*shape, 2, 2),
@@ -443,6 +493,8 @@ class CCSTAE:
             max_strain=obj.config["max_strain"],
             width=obj.config["width"],
         )
+        if "spot_patches" in state:
+            obj.net.set_spot_patches(torch.zeros_like(state["spot_patches"]))
         obj.net.load_state_dict(state)
         obj.net.to(dev)
         return obj

@@ -131,6 +131,18 @@ class CCSTAENet(nn.Module):
             "base": base,
         }
 
+    def set_spot_patches(self, patches: torch.Tensor) -> None:
+        """Store the bases' spot patches (K, n, P, P) as buffer ``spot_patches``.
+
+        Used by the per-pattern refinement (:mod:`py4dstem_ccstae.spotfit`);
+        saved and loaded with the state dict.
+        """
+        patches = patches.detach().to(self.bases.device, torch.float32)
+        if "spot_patches" in self._buffers:
+            self._buffers["spot_patches"] = patches
+        else:
+            self.register_buffer("spot_patches", patches)
+
     @property
     def rotation_period(self) -> float:
         """Rotation period in radians (``2 pi / symmetry``)."""

@@ -28,11 +28,12 @@ inside a disk of radius ``radius`` (per-spot gain and offset, solved in closed
 form, absorb intensity differences between grains, e.g. dynamical
 scattering). ``(A, t)`` (6 numbers per pattern) minimise the sum of squared
 residuals over all spots, by Gauss-Newton with a small Levenberg damping;
-each iteration is a handful of batched FFTs and one 6 x 6 solve per pattern.
-After the first solve the base patches are re-estimated as the mean of the
-input patches shifted back onto the base (rigid, Fourier), which removes the
-blur left in the base by the encoder's bilinear whole-image warps, and the
-solve is repeated.
+each iteration is one batched inverse FFT and one 6 x 6 solve per pattern.
+At the end of training (:meth:`py4dstem_ccstae.CCSTAE.fit`) the base patches
+are re-estimated once as the mean of the training patterns' spot patches
+shifted back onto the base (rigid, Fourier; ``realign=True``), which removes
+the blur left in the base by the encoder's bilinear whole-image warps; the
+model keeps these patches and prediction streams batch by batch with them.
 """
 
 from __future__ import annotations
@@ -42,13 +43,17 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["spot_centres", "refine_spots"]
+__all__ = ["spot_centres", "base_patches", "patch_size", "refine_spots"]
 
 
 def spot_centres(
     base: np.ndarray, spots: np.ndarray, radius: float, iterations: int = 5
 ) -> np.ndarray:
     """Sub-pixel centres of the spots of a base (centre of mass, re-centred).
+
+    Each centre is the centre of mass, within ``radius``, of the base minus a
+    plane fitted to the annulus ``radius < d <= radius + 2`` around the spot,
+    re-centred ``iterations`` times.
 
     Parameters
     ----------
@@ -78,7 +83,12 @@ def spot_centres(
             ring = (d2 > radius**2) & (d2 <= (radius + 2) ** 2)
             if not win.any() or not ring.any():
                 break
-            w = np.clip(base[win] - np.median(base[ring]), 0, None)
+            # local background: a plane fitted to the surrounding annulus
+            # (a halo's gradient would pull a plain centre of mass inwards)
+            design = np.stack([np.ones(ring.sum()), rr[ring] - p[0], cc[ring] - p[1]], 1)
+            coef = np.linalg.lstsq(design, base[ring], rcond=None)[0]
+            plane = coef[0] + coef[1] * (rr[win] - p[0]) + coef[2] * (cc[win] - p[1])
+            w = np.clip(base[win] - plane, 0, None)
             if w.sum() <= 0:
                 break
             p = np.array([(w * rr[win]).sum(), (w * cc[win]).sum()]) / w.sum()
@@ -87,8 +97,10 @@ def spot_centres(
 
 
 def _freqs(P: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    f = torch.fft.fftfreq(P, dtype=dtype, device=device)
-    return f[:, None].expand(P, P), f[None, :].expand(P, P)
+    """Row and column frequencies (cycles/pixel) of ``rfft2`` of a P x P patch."""
+    fx = torch.fft.fftfreq(P, dtype=dtype, device=device)[:, None]
+    fy = torch.fft.rfftfreq(P, dtype=dtype, device=device)[None, :]
+    return fx, fy
 
 
 def _taper(P: int, inner: float, dtype, device) -> torch.Tensor:
@@ -120,33 +132,53 @@ def _gather_patches(
     return vals, inside.flatten(-2).all(-1)
 
 
-def _shift(F: torch.Tensor, s: torch.Tensor, fx, fy) -> tuple[torch.Tensor, ...]:
-    """Shift patches (Fourier transforms ``F`` (..., P, P)) by ``s`` (..., 2) pixels.
-
-    Returns the shifted patches and their derivatives along rows and columns.
-    """
-    phase = torch.exp(
+def _phase(s: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+    """Fourier factor that shifts a patch by ``s`` (..., 2) pixels (rows, columns)."""
+    return torch.exp(
         -2j * math.pi * (fx * s[..., 0, None, None] + fy * s[..., 1, None, None])
     )
-    G = F * phase
-    val = torch.fft.ifft2(G).real
-    gx = torch.fft.ifft2(G * (2j * math.pi * fx)).real
-    gy = torch.fft.ifft2(G * (2j * math.pi * fy)).real
-    return val, gx, gy
+
+
+def patch_size(radius: float) -> int:
+    """Side P (even, pixels) of the spot patches for a compared ``radius``."""
+    return 2 * int(math.ceil(radius + 3)) + 2
+
+
+def base_patches(bases: torch.Tensor, spots: np.ndarray, radius: float) -> torch.Tensor:
+    """Patches ``(K, n, P, P)`` of the bases around the pixel nearest each spot.
+
+    Parameters
+    ----------
+    bases : Tensor (K, 1, S, S)
+    spots : ndarray (n, 2)
+        Spot offsets from the centre ``(S - 1) / 2`` (pixels).
+    radius : float
+        Compared radius (pixels); sets ``P = patch_size(radius)``.
+    """
+    S = bases.shape[-1]
+    c = (S - 1) / 2.0
+    K, n = bases.shape[0], len(spots)
+    b_int = torch.round(torch.as_tensor(np.asarray(spots), dtype=torch.float64) + c).long()
+    out, _ = _gather_patches(
+        bases[:, 0].detach().to(torch.float32).cpu(),
+        b_int[None].expand(K, n, 2).contiguous(),
+        patch_size(radius),
+    )
+    return out
 
 
 def refine_spots(
     X: torch.Tensor,
-    bases: torch.Tensor,
+    patches: torch.Tensor,
     cls: torch.Tensor,
     A: torch.Tensor,
     spots: np.ndarray,
     radius: float,
     *,
     iterations: int = 6,
-    rounds: int = 2,
     batch_size: int = 512,
     damping: float = 1e-3,
+    realign: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Refine base -> input transforms spot by spot (Gauss-Newton, module docs).
 
@@ -154,8 +186,10 @@ def refine_spots(
     ----------
     X : Tensor (N, S, S)
         Model inputs.
-    bases : Tensor (K, 1, S, S)
-        Learned bases.
+    patches : Tensor (K, n, P, P)
+        Spot patches of every base (:func:`base_patches`, or the ``patches``
+        returned by an earlier call with ``realign=True``), centred on the
+        pixel nearest each spot.
     cls : Tensor (N,) long
         Base of every pattern.
     A : Tensor (N, 2, 2)
@@ -166,130 +200,140 @@ def refine_spots(
     radius : float
         Radius (pixels) of the compared disk around each spot; > 0.
     iterations : int
-        Gauss-Newton iterations per round.
-    rounds : int
-        Solve rounds; between rounds the base patches are re-estimated from
-        the aligned inputs.
+        Gauss-Newton iterations.
     batch_size : int
         Patterns per batch.
     damping : float
         Levenberg damping, relative to the diagonal of the normal matrix.
+    realign : bool
+        Also return ``patches``: the mean over the patterns of each class of
+        their spot patches shifted back onto the base (gain and offset
+        removed), i.e. sharper base patches free of the encoder's
+        whole-image warps.
 
     Returns
     -------
     dict
-        ``A`` (N, 2, 2) refined transforms, ``t`` (N, 2) translations (pixels),
-        ``error`` (N,) mean squared residual over the compared pixels.
+        ``A`` (N, 2, 2) float64 refined transforms, ``t`` (N, 2)
+        translations (pixels), ``error`` (N,) mean squared residual over the
+        compared pixels (scaled-intensity units); ``patches`` with
+        ``realign``.
     """
-    dev = bases.device
-    dt = torch.float64
+    dev = patches.device
+    dt = torch.float32
     N, S, _ = X.shape
     c = (S - 1) / 2.0
-    p = torch.as_tensor(np.asarray(spots), dtype=dt, device=dev)  # (n, 2)
-    n = p.shape[0]
-    reach = float(p.norm(dim=-1).max()) if n else 0.0
-    P = 2 * int(math.ceil(radius + 4)) + 2  # even; margin for the taper and shifts
+    p64 = torch.as_tensor(np.asarray(spots), dtype=torch.float64, device=dev)  # (n, 2)
+    n = p64.shape[0]
+    reach = float(p64.norm(dim=-1).max()) if n else 0.0
+    P = patch_size(radius)
+    if tuple(patches.shape[1:]) != (n, P, P):
+        raise ValueError(
+            f"patches must have shape (K, {n}, {P}, {P}), got {tuple(patches.shape)}"
+        )
     fx, fy = _freqs(P, dt, dev)
-    taper = _taper(P, radius + 1.5, dt, dev)
+    taper = _taper(P, radius + 1.0, dt, dev)
     u = torch.arange(P, dtype=dt, device=dev) - P // 2
-    disk = ((u[:, None] ** 2 + u[None, :] ** 2) <= radius**2).to(dt)  # (P, P)
-    # base patches around the pixel nearest each spot
-    b_int = torch.round(p + c).long()  # (n, 2)
-    f_base = p + c - b_int  # spot centre within its patch, from the patch centre
-    K = bases.shape[0]
-    Bp, _ = _gather_patches(
-        bases[:, 0].to(dt), b_int[None].expand(K, n, 2).contiguous(), P
-    )  # (K, n, P, P)
+    inner = ((u[:, None] ** 2 + u[None, :] ** 2) <= radius**2).flatten()
+    D = torch.nonzero(inner)[:, 0]  # compared pixels of a patch (flat indices)
+    b_int = torch.round(p64 + c)
+    f_base = p64 + c - b_int  # spot centre within its patch, from the patch centre
+    K = patches.shape[0]
+    Bp = patches.to(dt)
     # M_k (2 x 6): d s_k / d (A11, A12, A21, A22, t1, t2)
-    M = torch.zeros(n, 2, 6, dtype=dt, device=dev)
-    M[:, 0, 0], M[:, 0, 1], M[:, 1, 2], M[:, 1, 3] = p[:, 0], p[:, 1], p[:, 0], p[:, 1]
+    M = torch.zeros(n, 2, 6, dtype=torch.float64, device=dev)
+    M[:, 0, 0], M[:, 0, 1] = p64[:, 0], p64[:, 1]
+    M[:, 1, 2], M[:, 1, 3] = p64[:, 0], p64[:, 1]
     M[:, 0, 4] = M[:, 1, 5] = 1.0
-    A = A.to(dt)
-    theta = torch.cat([A.reshape(N, 4), torch.zeros(N, 2, dtype=dt)], -1).to(dev)
-    error = torch.zeros(N, dtype=dt)
-    for rnd in range(rounds):
-        # background: the mean over the patch border, removed before tapering
-        edge = (taper < 0.05).to(dt)
-        bg = (Bp * edge).sum((-1, -2), keepdim=True) / edge.sum()
-        FB = torch.fft.fft2((Bp - bg) * taper)  # (K, n, P, P)
-        acc = torch.zeros_like(Bp)
-        cnt = torch.zeros(K, n, 1, 1, dtype=dt, device=dev)
-        for s0 in range(0, N, batch_size):
-            sl = slice(s0, s0 + batch_size)
-            xb = X[sl].to(dev, dt)
-            th = theta[sl].clone()
-            cb = cls[sl].to(dev)
+    Mt = M.transpose(-1, -2)
+    theta = torch.cat(
+        [A.to(torch.float64).reshape(N, 4), torch.zeros(N, 2, dtype=torch.float64)], -1
+    ).to(dev)
+    error = torch.zeros(N, dtype=torch.float64)
+    edge = (taper < 0.05).to(dt)
+
+    def _inv(G: torch.Tensor) -> torch.Tensor:
+        """Real patches (..., P, P) from half spectra, compared pixels only."""
+        return torch.fft.irfft2(G, s=(P, P)).flatten(-2)[..., D]
+
+    # background: the mean over the patch border, removed before tapering
+    bg = (Bp * edge).sum((-1, -2), keepdim=True) / edge.sum()
+    FB = torch.fft.rfft2((Bp - bg) * taper)  # (K, n, P, P // 2 + 1)
+    acc = torch.zeros_like(Bp)
+    cnt = torch.zeros(K, n, 1, 1, dtype=dt, device=dev)
+    for s0 in range(0, N, batch_size):
+        sl = slice(s0, s0 + batch_size)
+        xb = X[sl].to(dev, dt)
+        th = theta[sl].clone()
+        cb = cls[sl].to(dev)
+        Ab = th[:, :4].reshape(-1, 2, 2)
+        pos0 = p64 @ Ab.transpose(-1, -2) + th[:, None, 4:] + c  # (B, n, 2)
+        i_int = torch.round(pos0)
+        Ipatch, valid = _gather_patches(xb, i_int.long(), P)
+        Ip = Ipatch.flatten(-2)[..., D]  # (B, n, D)
+        w = valid.to(dt)[..., None].expand_as(Ip)  # (B, n, D)
+        wsum = w.sum(-1).clamp_min(1.0)
+        mi = (w * Ip).sum(-1) / wsum
+        F = FB[cb]  # (B, n, P, P // 2 + 1)
+        for it in range(iterations):
             Ab = th[:, :4].reshape(-1, 2, 2)
-            pos0 = p @ Ab.transpose(-1, -2) + th[:, None, 4:] + c  # (B, n, 2)
-            i_int = torch.round(pos0).long()
-            Ip, inside = _gather_patches(xb, i_int, P)
-            valid = inside
-            wv = valid.to(dt)[..., None, None] * disk  # (B, n, P, P)
-            F = FB[cb]  # (B, n, P, P)
-            for _ in range(iterations):
-                Ab = th[:, :4].reshape(-1, 2, 2)
-                h = p @ Ab.transpose(-1, -2) + th[:, None, 4:] + c - i_int  # (B, n, 2)
-                s = h - f_base
-                Sv, gx, gy = _shift(F, s, fx, fy)
-                # per-spot gain and offset (closed form, weighted)
-                wsum = wv.sum((-1, -2)).clamp_min(1.0)
-                ms = (wv * Sv).sum((-1, -2)) / wsum
-                mi = (wv * Ip).sum((-1, -2)) / wsum
-                cov = (wv * (Sv - ms[..., None, None]) * (Ip - mi[..., None, None])).sum(
-                    (-1, -2)
-                )
-                var = (wv * (Sv - ms[..., None, None]) ** 2).sum((-1, -2)).clamp_min(1e-12)
-                a = (cov / var).clamp_min(0.05)
-                b = mi - a * ms
-                r = a[..., None, None] * Sv + b[..., None, None] - Ip
-                # d r / d s = -a * grad(S)
-                jx = -a[..., None, None] * gx
-                jy = -a[..., None, None] * gy
-                G = torch.stack(
-                    [
-                        (wv * jx * jx).sum((-1, -2)),
-                        (wv * jx * jy).sum((-1, -2)),
-                        (wv * jy * jy).sum((-1, -2)),
-                    ],
-                    -1,
-                )  # (B, n, 3)
-                G2 = torch.stack(
-                    [
-                        torch.stack([G[..., 0], G[..., 1]], -1),
-                        torch.stack([G[..., 1], G[..., 2]], -1),
-                    ],
-                    -2,
-                )  # (B, n, 2, 2)
-                e = torch.stack(
-                    [(wv * jx * r).sum((-1, -2)), (wv * jy * r).sum((-1, -2))], -1
-                )  # (B, n, 2)
-                H = torch.einsum("nij,bnjk,nkl->bil", M.transpose(-1, -2), G2, M)
-                g = torch.einsum("nij,bnj->bi", M.transpose(-1, -2), e)
-                diag = torch.diagonal(H, dim1=-2, dim2=-1)
-                H = H + torch.diag_embed(damping * diag + 1e-12)
-                step = torch.linalg.solve(H, g[..., None])[..., 0]
-                # cap a step at half a pixel of spot motion
-                move = step[:, :4].abs().sum(-1) * reach + step[:, 4:].abs().sum(-1)
-                scale = (0.5 / move.clamp_min(1e-12)).clamp(max=1.0)
-                th = th - scale[:, None] * step
-            theta[sl] = th
-            error[sl] = (wv * r * r).sum((-1, -2, -3)) / wv.sum((-1, -2, -3)).clamp_min(1)
-            if rnd + 1 < rounds:
-                # base patches from the inputs shifted back onto the base
-                back = torch.fft.ifft2(
-                    torch.fft.fft2(Ip)
-                    * torch.exp(
-                        2j
-                        * math.pi
-                        * (fx * s[..., 0, None, None] + fy * s[..., 1, None, None])
-                    )
-                ).real
-                onehot = torch.nn.functional.one_hot(cb, K).to(dt)
-                vb = valid.to(dt)[..., None, None]
-                restored = (back - b[..., None, None]) / a[..., None, None]
-                acc += torch.einsum("bk,bnpq->knpq", onehot, vb * restored)
-                cnt += torch.einsum("bk,bnpq->knpq", onehot, vb)
-        if rnd + 1 < rounds:
-            Bp = torch.where(cnt > 0, acc / cnt.clamp_min(1), Bp)
-    A_out = theta[:, :4].reshape(N, 2, 2).to(torch.float64).cpu()
-    return {"A": A_out, "t": theta[:, 4:].cpu(), "error": error.cpu()}
+            h = p64 @ Ab.transpose(-1, -2) + th[:, None, 4:] + c - i_int  # (B, n, 2)
+            s = (h - f_base).to(dt)
+            G = F * _phase(s, fx, fy)
+            Sv = _inv(G)
+            if it == 0:
+                # Jacobian from the starting shift; an approximate Jacobian
+                # changes the path of Gauss-Newton, not its fixed point
+                gx = _inv(G * (2j * math.pi * fx))
+                gy = _inv(G * (2j * math.pi * fy))
+            # per-spot gain and offset (closed form, weighted)
+            ms = (w * Sv).sum(-1) / wsum
+            dS = Sv - ms[..., None]
+            cov = (w * dS * (Ip - mi[..., None])).sum(-1)
+            var = (w * dS * dS).sum(-1).clamp_min(1e-12)
+            a = (cov / var).clamp_min(0.05)
+            b = mi - a * ms
+            r = a[..., None] * Sv + b[..., None] - Ip
+            # d r / d s = -a * grad(S)
+            wa2 = w * (a * a)[..., None]
+            Gxx = (wa2 * gx * gx).sum(-1)
+            Gxy = (wa2 * gx * gy).sum(-1)
+            Gyy = (wa2 * gy * gy).sum(-1)
+            G2 = torch.stack(
+                [torch.stack([Gxx, Gxy], -1), torch.stack([Gxy, Gyy], -1)], -2
+            ).to(torch.float64)  # (B, n, 2, 2)
+            war = w * r * (-a[..., None])
+            e = torch.stack([(war * gx).sum(-1), (war * gy).sum(-1)], -1).to(
+                torch.float64
+            )  # (B, n, 2)
+            H = torch.einsum("nij,bnjk,nkl->bil", Mt, G2, M)
+            g = torch.einsum("nij,bnj->bi", Mt, e)
+            diag = torch.diagonal(H, dim1=-2, dim2=-1)
+            H = H + torch.diag_embed(damping * diag + 1e-12)
+            step = torch.linalg.solve(H, g[..., None])[..., 0]
+            # cap a step at half a pixel of spot motion
+            move = step[:, :4].abs().sum(-1) * reach + step[:, 4:].abs().sum(-1)
+            scale = (0.5 / move.clamp_min(1e-12)).clamp(max=1.0)
+            th = th - scale[:, None] * step
+        theta[sl] = th
+        error[sl] = (
+            ((w * r * r).sum((-1, -2)) / w.sum((-1, -2)).clamp_min(1))
+            .to(torch.float64)
+            .cpu()
+        )
+        if realign:
+            # spot patches shifted back onto the base, gain and offset removed
+            back = torch.fft.irfft2(torch.fft.rfft2(Ipatch) * _phase(-s, fx, fy), s=(P, P))
+            onehot = torch.nn.functional.one_hot(cb, K).to(dt)
+            vb = valid.to(dt)[..., None, None]
+            restored = (back - b[..., None, None]) / a[..., None, None]
+            acc += torch.einsum("bk,bnpq->knpq", onehot, vb * restored)
+            cnt += torch.einsum("bk,bnpq->knpq", onehot, vb)
+    out = {
+        "A": theta[:, :4].reshape(N, 2, 2).cpu(),
+        "t": theta[:, 4:].cpu(),
+        "error": error,
+    }
+    if realign:
+        out["patches"] = torch.where(cnt > 0, acc / cnt.clamp_min(1), Bp)
+    return out

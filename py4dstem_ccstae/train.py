@@ -1,4 +1,5 @@
-"""Training loop, base update and per-pattern refinement (torch).
+"""Training loop and base update (torch); per-pattern refinement is in
+:mod:`py4dstem_ccstae.spotfit`.
 
 Work is on a tensor ``X`` of patterns ``(N, S, S)`` (already calibrated and
 scaled) and a ring mask ``(S, S)``; where the data come from is the
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 
 from .losses import cycle_losses, strain_hinge
-from .model import CCSTAENet, compose_A
+from .model import CCSTAENet
 
-__all__ = ["TrainConfig", "fit_network", "encode", "refine", "resolve_device"]
+__all__ = ["TrainConfig", "fit_network", "encode", "resolve_device"]
 
 
 @dataclass
@@ -33,6 +34,10 @@ class TrainConfig:
     ----------
     epochs : int
         Maximum epochs.
+    epoch_size : int
+        Patterns per epoch: each epoch trains on a fresh random subset of at
+        most this many patterns and re-estimates the bases from it, so the
+        cost of training does not grow with the scan size.
     batch_size : int
         Patterns per step.
     lr : float
@@ -49,6 +54,7 @@ class TrainConfig:
     """
 
     epochs: int = 30
+    epoch_size: int = 1024
     batch_size: int = 64
     lr: float = 2e-3
     cycle_weight: float = 1.0
@@ -118,6 +124,48 @@ def update_bases(
     net.bases.data.copy_(new)
 
 
+@torch.no_grad()
+def init_bases(
+    net: CCSTAENet,
+    X: torch.Tensor,
+    mask: torch.Tensor,
+    gen: torch.Generator,
+    sample: int = 1024,
+    neighbours: float = 0.03,
+) -> None:
+    """Initial bases: means of groups of mutually similar patterns.
+
+    The mean of *all* patterns smears every spot over the spread of strain
+    and rotation in the scan, which gives the encoder almost no gradient for
+    many epochs. Instead, on a random sample of at most ``sample`` patterns
+    (centred, masked, unit norm), the first seed is the pattern most
+    correlated with the sample mean, each further seed the pattern least
+    correlated with the seeds so far (farthest-point seeding, one per base),
+    and each base is the mean of the ``neighbours`` fraction (at least 8) of
+    the sample most correlated with its seed. Averaging keeps the bases
+    usable under heavy noise.
+    """
+    N = X.shape[0]
+    idx = torch.randperm(N, generator=gen)[: min(N, sample)]
+    Xs = X[idx].to(torch.float32)
+    m = mask.to(torch.float32).flatten()
+    v = Xs.flatten(1) * m
+    v = v - (v.sum(1, keepdim=True) / m.sum()) * m
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    mean = v.mean(0)
+    seeds = [int((v @ mean).argmax())]
+    best = v @ v[seeds[0]]
+    for _ in range(1, net.num_bases):
+        seeds.append(int(best.argmin()))
+        best = torch.maximum(best, v @ v[seeds[-1]])
+    k = max(8, int(round(neighbours * len(idx))))
+    bases = []
+    for sd in seeds:
+        near = torch.topk(v @ v[sd], min(k, len(idx))).indices
+        bases.append(Xs[near].mean(0))
+    net.bases.data.copy_(torch.stack(bases)[:, None].to(net.bases.device))
+
+
 def fit_network(
     net: CCSTAENet,
     X: torch.Tensor,
@@ -137,10 +185,8 @@ def fit_network(
     gen = torch.Generator().manual_seed(seed)
     N = X.shape[0]
     mask = mask.to(dev)
-    # initial bases: the mean pattern (per class: patterns split at random)
     with torch.no_grad():
-        init_cls = torch.randint(0, net.num_bases, (N,), generator=gen)
-        update_bases(net, X, torch.eye(2).expand(N, 2, 2), init_cls)
+        init_bases(net, X, mask.cpu(), gen, config.epoch_size)
     params = [p for n, p in net.named_parameters() if n != "bases"]
     opt = torch.optim.Adam(params, lr=config.lr)
     history: list[dict] = []
@@ -149,9 +195,10 @@ def fit_network(
     for epoch in bar:
         t0 = time.perf_counter()
         net.train()
-        perm = torch.randperm(N, generator=gen)
+        perm = torch.randperm(N, generator=gen)[: min(N, config.epoch_size)]
+        M = len(perm)
         tot = fwd_tot = cyc_tot = 0.0
-        for s in range(0, N, config.batch_size):
+        for s in range(0, M, config.batch_size):
             idx = perm[s : s + config.batch_size]
             xb = X[idx].to(dev)[:, None]
             out = net(xb)
@@ -165,13 +212,14 @@ def fit_network(
             tot += float(loss.detach()) * n
             fwd_tot += float(fwd.detach().mean()) * n
             cyc_tot += float(cyc.detach().mean()) * n
-        enc = encode(net, X)
-        update_bases(net, X, enc["A"], enc["cls"])
+        Xs = X[perm]
+        enc = encode(net, Xs)
+        update_bases(net, Xs, enc["A"], enc["cls"])
         rec = {
             "epoch": epoch,
-            "loss": tot / N,
-            "forward": fwd_tot / N,
-            "cycle": cyc_tot / N,
+            "loss": tot / M,
+            "forward": fwd_tot / M,
+            "cycle": cyc_tot / M,
             "seconds": time.perf_counter() - t0,
         }
         history.append(rec)
@@ -184,104 +232,6 @@ def fit_network(
                 break
     bar.close()
     return history
-
-
-def refine(
-    X: torch.Tensor,
-    bases: torch.Tensor,
-    cls: torch.Tensor,
-    strain: torch.Tensor,
-    phi: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    steps: int = 100,
-    lr: float = 2e-3,
-    batch_size: int = 512,
-    cycle_weight: float = 1.0,
-    spots: torch.Tensor | None = None,
-    spot_radius: float | None = None,
-    mode: str = "bilinear",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Optimise each pattern's transform directly against its base (batched Adam).
-
-    Parameters
-    ----------
-    X : (N, S, S) patterns; bases : (K, 1, S, S); cls : (N,) base index.
-    strain : (N, 3) and phi : (N,) starting values (from the encoder).
-    mask : (S, S) mask of compared base-frame pixels.
-    spots : (n, 2) base spot offsets from the centre (pixels). Given: only
-        the masked pixels are compared, each moved rigidly with its nearest
-        base spot (spot shapes kept, see :func:`~py4dstem_ccstae.warp.warp_spots`);
-        the pixel-to-spot assignment is computed once, so a step costs
-        O(masked pixels); the cycle term compares the base, moved spot by
-        spot, with the input's own pixels within ``spot_radius`` of each moved
-        spot. None: whole-image warps, forward + cycle terms.
-
-    Returns
-    -------
-    strain, phi : refined values, same shapes.
-    """
-    from .warp import _pixel_to_grid
-
-    dev = bases.device
-    S = X.shape[-1]
-    if spots is not None:
-        pix = torch.nonzero(mask.to(dev) > 0).to(bases.dtype)  # (M, 2) row, col
-        c = (S - 1) / 2.0
-        sp = spots.to(device=dev, dtype=bases.dtype)
-        owner = torch.cdist(pix - c, sp).argmin(-1)  # (M,)
-        base_vals = bases[:, 0][:, pix[:, 0].long(), pix[:, 1].long()]  # (K, M)
-        # input-frame pixels: the mask dilated by the largest spot displacement
-        reach = int(np.ceil(float(sp.norm(dim=-1).max()) * 0.12)) + 1
-        big = torch.nn.functional.max_pool2d(
-            (mask.to(dev) > 0).float()[None, None], 2 * reach + 1, 1, reach
-        )[0, 0]
-        pix_in = torch.nonzero(big > 0).to(bases.dtype)  # (M', 2)
-        radius2 = float(spot_radius) ** 2 if spot_radius else float("inf")
-    out_s, out_p = [], []
-    for s in range(0, X.shape[0], batch_size):
-        xb = X[s : s + batch_size].to(dev)[:, None]
-        cb = cls[s : s + batch_size].to(dev)
-        e = strain[s : s + batch_size].clone().to(dev).requires_grad_(True)
-        p = phi[s : s + batch_size].clone().to(dev).requires_grad_(True)
-        opt = torch.optim.Adam([e, p], lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 1e-3)
-        if spots is not None:
-            # input-frame pixel -> spot assignment from the starting transform;
-            # refinement moves spots far less than their spacing
-            with torch.no_grad():
-                moved0 = sp @ compose_A(e, p).transpose(-1, -2)  # (B, n, 2)
-                dmin, own = (torch.cdist(pix_in - c, moved0) ** 2).min(-1)  # (B, M')
-                w = (dmin <= radius2).to(xb.dtype)
-                xvals = xb[:, 0][:, pix_in[:, 0].long(), pix_in[:, 1].long()]
-        for _ in range(steps):
-            A = compose_A(e, p)
-            if spots is None:
-                fwd, cyc, _ = cycle_losses(xb, bases[cb], A, mask.to(dev), mode=mode)
-                loss = (fwd + cycle_weight * cyc).sum()
-            else:
-                disp = sp @ A.transpose(-1, -2) - sp  # (B, n, 2)
-                src = pix + disp[:, owner]  # (B, M, 2)
-                grid = _pixel_to_grid(src, (S, S))[:, None]  # (B, 1, M, 2)
-                vals = torch.nn.functional.grid_sample(
-                    xb, grid, mode=mode, padding_mode="zeros", align_corners=False
-                )[:, 0, 0]
-                fwd = ((vals - base_vals[cb]) ** 2).mean(-1)
-                # cycle: the base moved onto the input's own pixels
-                shift = torch.gather(disp, 1, own.unsqueeze(-1).expand(-1, -1, 2))
-                grid = _pixel_to_grid(pix_in - shift, (S, S))[:, None]
-                bvals = torch.nn.functional.grid_sample(
-                    bases[cb], grid, mode=mode, padding_mode="zeros", align_corners=False
-                )[:, 0, 0]
-                cyc = (w * (bvals - xvals) ** 2).sum(-1) / w.sum(-1).clamp_min(1.0)
-                loss = (fwd + cycle_weight * cyc).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        out_s.append(e.detach().cpu())
-        out_p.append(p.detach().cpu())
-    return torch.cat(out_s), torch.cat(out_p)
 
 
 def seed_everything(seed: int) -> None:

@@ -7,6 +7,7 @@ import pytest
 from py4DSTEM import RealSlice
 
 from py4dstem_ccstae.cli import main
+from py4dstem_ccstae.estimator import CCSTAE
 from py4dstem_ccstae.io import save_emd
 from py4dstem_ccstae.metrics import strain_errors, wrap_angle
 
@@ -62,10 +63,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     read_call = text.strip().splitlines()[-1].strip()
     assert read_call.startswith("py4DSTEM.read(")
     assert "py4DSTEM (rotation-free truth)" in text and "CC-ST-AE" in text
-    assert (tmp_path / "strain_ccstae.png").exists() and (
-        tmp_path / "demo_model.h5"
-    ).exists()
-    assert (tmp_path / "demo.h5").exists()
+    assert (tmp_path / "strain_ccstae.png").exists() and (tmp_path / "demo.h5").exists()
+    # one file: the model sits next to the DataCube and loads back
+    model = CCSTAE.load(tmp_path / "demo.h5")
+    assert model.fitted_["spots"] is not None
     assert (tmp_path / "strain_py4dstem.png").stat().st_size > 1000
     # refuses to overwrite without --force
     assert main(["demo", "--out", str(tmp_path), "--scan", "8"]) == 2

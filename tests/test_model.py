@@ -9,7 +9,7 @@ from py4dstem_ccstae.affine import LatticeTransform
 from py4dstem_ccstae.estimator import CCSTAE, _detect_symmetry, fit_strain
 from py4dstem_ccstae.model import compose_A
 from py4dstem_ccstae.simulate import material_spots, polycrystal
-from py4dstem_ccstae.spotfit import refine_spots, spot_centres
+from py4dstem_ccstae.spotfit import base_patches, refine_spots, spot_centres
 
 FAST = dict(size=48, epochs=6, batch_size=32, refine_steps=6)
 
@@ -66,7 +66,7 @@ def test_refinement_recovers_known_transforms():
     A0 = torch.tensor(A + 0.01 * rng.standard_normal(A.shape))
     out = refine_spots(
         X,
-        torch.tensor(base, dtype=torch.float32)[None, None],
+        base_patches(torch.tensor(base, dtype=torch.float32)[None, None], spots, 4.0),
         torch.zeros(len(A), dtype=torch.long),
         A0,
         spots,

@@ -1,0 +1,206 @@
+"""Training time, inference throughput and streaming peak memory of the CC-ST-AE.
+
+Run from the repository root::
+
+    python benchmarks/speed_memory.py [--big 256] [--repeats 3] [--out DIR]
+
+1. Speed (in this process): a 64x64 scan of 128x128 patterns (the simulator's
+   default polycrystal, 25 % background noise). Times ``CCSTAE().fit`` once
+   and ``predict`` ``--repeats`` times with and without the per-pattern
+   refinement; reports medians and patterns/s, side by side in one run.
+2. Memory (each step in a fresh subprocess, peak RSS from ``getrusage``): a
+   ``--big`` x ``--big`` scan of 128x128 **uint16** patterns in a numpy
+   memmap on disk (the 64x64 simulation tiled, with its own noise), predicted
+   with a model trained on the 64x64 scan. The target of the adapters issue is
+   a 256x256 scan under 2 GB.
+
+Writes ``speed_memory.json`` and ``speed_memory.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _speed(repeats: int, model_path: Path) -> dict:
+    import torch
+
+    from py4dstem_ccstae import CCSTAE, DiffractionInputs
+    from py4dstem_ccstae.simulate import add_background_noise, polycrystal
+
+    clean, _ = polycrystal(scan_shape=(64, 64), seed=0)
+    dc = add_background_noise(clean, 25, seed=0)
+    n = 64 * 64
+    t0 = time.perf_counter()
+    inputs = DiffractionInputs.from_datacube(dc, size=64)
+    t_inputs = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = CCSTAE().fit(inputs, seed=0, device="cpu", progress=False)
+    t_fit = time.perf_counter() - t0
+    model.save(model_path, overwrite=True)
+    res = {"patterns": n, "threads": torch.get_num_threads(), "inputs_s": t_inputs}
+    res["fit_s"] = t_fit
+    res["epochs_run"] = len(model.history_)
+    for refine in (False, True):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.predict(inputs, refine_transforms=refine)
+            times.append(time.perf_counter() - t0)
+        key = "predict_refined" if refine else "predict_encoder_only"
+        res[f"{key}_s_median"] = statistics.median(times)
+        res[f"{key}_s_all"] = times
+        res[f"{key}_patterns_per_s"] = n / statistics.median(times)
+    return res
+
+
+def _write_memmap(path: Path, big: int) -> None:
+    """Tile the 64x64 simulation (uint16 counts, noisy) into a big memmap."""
+    from py4dstem_ccstae.simulate import add_background_noise, polycrystal
+
+    clean, _ = polycrystal(scan_shape=(64, 64), seed=0)
+    mm = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.uint16, shape=(big, big, 128, 128)
+    )
+    for i in range(0, big, 64):
+        for j in range(0, big, 64):
+            noisy = add_background_noise(clean, 25, seed=i * big + j)
+            counts = np.rint(noisy.data * 1e5 / noisy.data.sum((-1, -2), keepdims=True))
+            mm[i : i + 64, j : j + 64] = np.clip(counts, 0, 65535).astype(np.uint16)
+    mm.flush()
+    del mm
+    cal = clean.calibration
+    meta = {
+        "Q_pixel_size": float(cal.get_Q_pixel_size()),
+        "Q_pixel_units": cal.get_Q_pixel_units(),
+        "origin": [float(v) for v in np.asarray(cal.get_origin_mean())],
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+_PREDICT_CHILD = """
+import json, resource, sys, time
+import numpy as np
+from py4DSTEM import DataCube
+from py4dstem_ccstae import CCSTAE
+path, model_path = sys.argv[1], sys.argv[2]
+meta = json.load(open(path[:-4] + ".json"))
+data = np.load(path, mmap_mode="r")
+dc = DataCube(data=data)
+dc.calibration.set_Q_pixel_size(meta["Q_pixel_size"])
+dc.calibration.set_Q_pixel_units(meta["Q_pixel_units"])
+dc.calibration.set_origin(tuple(meta["origin"]))
+model = CCSTAE.load(model_path)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+t0 = time.perf_counter()
+rs = model.strain_map(dc)
+sec = time.perf_counter() - t0
+print(json.dumps({
+    "scan": list(data.shape[:2]),
+    "file_gb": data.nbytes / 1e9,
+    "seconds": sec,
+    "patterns_per_s": data.shape[0] * data.shape[1] / sec,
+    "peak_rss_mb_before_predict": before,
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    "finite_fraction": float(np.isfinite(rs.get_slice("e_xx").data).mean()),
+}))
+"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--big", type=int, default=256, help="side of the memmap scan (256)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed predict repeats (3)")
+    ap.add_argument("--out", default="docs/benchmark_results", help="output folder")
+    args = ap.parse_args(argv)
+    if args.big % 64:
+        ap.error("--big must be a multiple of 64")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import py4DSTEM
+    import torch
+
+    from py4dstem_ccstae import __version__
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        tmp = Path(tmp)
+        model_path = tmp / "model.h5"
+        print("speed: 64x64 scan ...", flush=True)
+        speed = _speed(args.repeats, model_path)
+        print(json.dumps(speed, indent=1), flush=True)
+        print(f"memory: writing a {args.big}x{args.big} uint16 memmap ...", flush=True)
+        mm_path = tmp / "big.npy"
+        _write_memmap(mm_path, args.big)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PREDICT_CHILD, str(mm_path), str(model_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        memory = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(json.dumps(memory, indent=1), flush=True)
+
+    result = {
+        "command": "python benchmarks/speed_memory.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "versions": {
+            "py4dstem_ccstae": __version__,
+            "py4DSTEM": py4DSTEM.__version__,
+            "torch": torch.__version__,
+        },
+        "speed": speed,
+        "memory": memory,
+    }
+    (out / "speed_memory.json").write_text(json.dumps(result, indent=1) + "\n")
+    s, m = speed, memory
+    md = [
+        "# CC-ST-AE speed and streaming memory",
+        "",
+        f"Command: `{result['command']}`; {result['date']}; {result['machine']}; "
+        f"torch {torch.__version__}, {s['threads']} threads, CPU.",
+        "",
+        "| quantity (64x64 scan, 128x128 patterns, 25 % noise) | value |",
+        "|---|---|",
+        f"| building the inputs (resampling) | {s['inputs_s']:.1f} s |",
+        f"| training (`fit`, {s['epochs_run']} epochs) | {s['fit_s']:.1f} s |",
+        f"| predict, encoder only (median of {args.repeats}) | "
+        f"{s['predict_encoder_only_s_median']:.2f} s = "
+        f"{s['predict_encoder_only_patterns_per_s']:.0f} patterns/s |",
+        f"| predict with refinement (median of {args.repeats}) | "
+        f"{s['predict_refined_s_median']:.2f} s = "
+        f"{s['predict_refined_patterns_per_s']:.0f} patterns/s |",
+        "",
+        f"| streaming (`strain_map` on a {m['scan'][0]}x{m['scan'][1]} uint16 memmap, "
+        f"{m['file_gb']:.2f} GB on disk) | value |",
+        "|---|---|",
+        f"| wall time | {m['seconds']:.0f} s ({m['patterns_per_s']:.0f} patterns/s) |",
+        f"| peak RSS after loading the model | {m['peak_rss_mb_before_predict']:.0f} MB |",
+        f"| peak RSS of the whole process | {m['peak_rss_mb']:.0f} MB |",
+        "",
+    ]
+    (out / "speed_memory.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
