@@ -26,7 +26,7 @@ from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform
 from .io import OutputExistsError, atomic_write, is_emd_file
 from .model import CCSTAENet
-from .spotfit import base_patches, refine_spots, spot_centres
+from .spotfit import base_patches, find_spots, refine_spots
 from .train import TrainConfig, encode, fit_network, resolve_device
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
@@ -47,6 +47,7 @@ DEFAULT_CONFIG = dict(
     lr=2e-3,
     refine=True,
     refine_steps=6,
+    mask_schedule=False,
 )
 
 #: Largest training set; larger scans train on a fixed random subset.
@@ -83,62 +84,6 @@ def _detect_symmetry(pattern: np.ndarray, mask: np.ndarray, threshold: float = 0
     return 1
 
 
-def _find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 0.15):
-    """Spots of a learned base: sub-pixel offsets and the compared radius.
-
-    Peaks of the smoothed, background-subtracted base inside the ring mask
-    (at least 2 pixels from its border) above ``rel_threshold`` of the
-    brightest are the spots; their centres are refined to sub-pixel accuracy
-    (:func:`~py4dstem_ccstae.spotfit.spot_centres`).
-    The compared radius is where the mean spot profile falls below 5 % of its
-    peak, plus one pixel, at most 0.45 x the nearest-spot spacing.
-
-    Returns
-    -------
-    spots : ndarray (n, 2) or None
-        Offsets from the centre ``(S - 1) / 2`` (model pixels); None when
-        fewer than two spots are found.
-    radius : float or None
-        Compared radius (model pixels).
-    """
-    from scipy import ndimage
-
-    S = base.shape[0]
-    b = np.where(ring_mask, base, 0.0)
-    b = b - np.median(b[ring_mask])
-    smooth = ndimage.gaussian_filter(b, 1.0)
-    peaks = (smooth == ndimage.maximum_filter(smooth, size=5)) & (
-        smooth > rel_threshold * smooth.max()
-    )
-    # peaks on the mask's border are the edge of whatever the mask cuts (the
-    # direct beam's tail, a background halo), not spots
-    interior = ndimage.binary_erosion(ring_mask, iterations=2)
-    idx = np.argwhere(peaks & interior)
-    if len(idx) < 2:
-        return None, None
-    c = (S - 1) / 2.0
-    spots = idx.astype(float) - c
-    d = np.hypot(*(spots[:, None] - spots[None]).transpose(2, 0, 1))
-    d[d == 0] = np.inf
-    cell = 0.45 * float(np.median(d.min(1)))
-    spots = spot_centres(b, spots, cell)
-    # mean radial profile of the spots (background-subtracted base)
-    yy, xx = np.mgrid[:S, :S] - c
-    dist = np.hypot(yy[..., None] - spots[:, 0], xx[..., None] - spots[:, 1])
-    near = dist.min(-1)
-    edges = np.arange(0.0, cell + 1.0, 1.0)
-    prof = np.array(
-        [
-            b[(near >= lo) & (near < lo + 1.0)].mean()
-            for lo in edges
-            if ((near >= lo) & (near < lo + 1.0)).any()
-        ]
-    )
-    below = np.nonzero(prof < 0.05 * prof[0])[0] if prof[0] > 0 else np.array([])
-    extent = float(below[0]) if below.size else cell
-    return spots, min(extent + 1.0, cell)
-
-
 class CCSTAE:
     """Cycle-consistent spatial-transforming autoencoder for strain mapping.
 
@@ -151,7 +96,9 @@ class CCSTAE:
         None), ``num_bases``, ``symmetry`` (int or ``"auto"``), ``max_strain``,
         ``width``, ``epochs``, ``batch_size``, ``lr``, ``refine`` (per-pattern
         spot-wise refinement after the encoder, :mod:`~py4dstem_ccstae.spotfit`),
-        ``refine_steps`` (Gauss-Newton iterations per refinement round).
+        ``refine_steps`` (Gauss-Newton iterations of the refinement),
+        ``epoch_size`` (patterns per epoch), ``mask_schedule`` (the paper's
+        shrinking-mask schedule; off by default).
     """
 
     def __init__(self, **config):
@@ -188,8 +135,28 @@ class CCSTAE:
         seed: int = 0,
         device: str = "auto",
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> CCSTAE:
         """Train on a DataCube (or prepared :class:`DiffractionInputs`).
+
+        Parameters
+        ----------
+        data : py4DSTEM.DataCube or DiffractionInputs
+        braggvectors : py4DSTEM.BraggVectors, optional
+            Calibrated Bragg vectors (ring mask from the Bragg vector map).
+        seed : int
+            Seeds initialisation, batch order and subsets (CPU runs are
+            reproducible).
+        device : str
+            ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda[:n]"``;
+            on CUDA training uses mixed precision.
+        progress : bool
+            tqdm bar per epoch with the current loss.
+        checkpoint : path-like, optional
+            File written atomically after every epoch (its folder must exist).
+        resume : bool
+            Continue training from ``checkpoint`` when it exists.
 
         Returns
         -------
@@ -226,10 +193,24 @@ class CCSTAE:
             epoch_size=self.config["epoch_size"],
             batch_size=self.config["batch_size"],
             lr=self.config["lr"],
+            mask_schedule=bool(self.config["mask_schedule"]),
         )
-        self.history_ = fit_network(self.net, X, mask, cfg, seed=seed, progress=progress)
+        if checkpoint is not None:
+            folder = Path(checkpoint).resolve().parent
+            if not folder.is_dir():
+                raise ValueError(f"checkpoint: folder {str(folder)!r} does not exist")
+        self.history_ = fit_network(
+            self.net,
+            X,
+            mask,
+            cfg,
+            seed=seed,
+            progress=progress,
+            checkpoint=checkpoint,
+            resume=bool(resume),
+        )
         bases = self.net.bases.detach().cpu().numpy()[:, 0]
-        spots, radius = _find_spots(bases[0], inputs.mask)
+        spots, radius, _ = find_spots(bases[0], inputs.mask)
         if spots is not None and self.config["refine"]:
             # spot patches of the bases, re-estimated from the aligned
             # training patterns (spotfit module docs)

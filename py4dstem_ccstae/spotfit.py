@@ -43,7 +43,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["spot_centres", "base_patches", "patch_size", "refine_spots"]
+__all__ = ["find_spots", "spot_centres", "base_patches", "patch_size", "refine_spots"]
 
 
 def spot_centres(
@@ -94,6 +94,64 @@ def spot_centres(
             p = np.array([(w * rr[win]).sum(), (w * cc[win]).sum()]) / w.sum()
         out[k] = p - c
     return out
+
+
+def find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 0.15):
+    """Spots of a learned base: sub-pixel offsets and the compared radius.
+
+    Peaks of the smoothed, background-subtracted base inside the ring mask
+    (at least 2 pixels from its border) above ``rel_threshold`` of the
+    brightest are the spots; their centres are refined to sub-pixel accuracy
+    (:func:`~py4dstem_ccstae.spotfit.spot_centres`).
+    The compared radius is where the mean spot profile falls below 5 % of its
+    peak, plus one pixel, at most 0.45 x the nearest-spot spacing.
+
+    Returns
+    -------
+    spots : ndarray (n, 2) or None
+        Offsets from the centre ``(S - 1) / 2`` (model pixels); None when
+        fewer than two spots are found.
+    radius : float or None
+        Compared radius (model pixels).
+    cell : float or None
+        0.45 x the median nearest-spot spacing (model pixels).
+    """
+    from scipy import ndimage
+
+    S = base.shape[0]
+    b = np.where(ring_mask, base, 0.0)
+    b = b - np.median(b[ring_mask])
+    smooth = ndimage.gaussian_filter(b, 1.0)
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=5)) & (
+        smooth > rel_threshold * smooth.max()
+    )
+    # peaks on the mask's border are the edge of whatever the mask cuts (the
+    # direct beam's tail, a background halo), not spots
+    interior = ndimage.binary_erosion(ring_mask, iterations=2)
+    idx = np.argwhere(peaks & interior)
+    if len(idx) < 2:
+        return None, None, None
+    c = (S - 1) / 2.0
+    spots = idx.astype(float) - c
+    d = np.hypot(*(spots[:, None] - spots[None]).transpose(2, 0, 1))
+    d[d == 0] = np.inf
+    cell = 0.45 * float(np.median(d.min(1)))
+    spots = spot_centres(b, spots, cell)
+    # mean radial profile of the spots (background-subtracted base)
+    yy, xx = np.mgrid[:S, :S] - c
+    dist = np.hypot(yy[..., None] - spots[:, 0], xx[..., None] - spots[:, 1])
+    near = dist.min(-1)
+    edges = np.arange(0.0, cell + 1.0, 1.0)
+    prof = np.array(
+        [
+            b[(near >= lo) & (near < lo + 1.0)].mean()
+            for lo in edges
+            if ((near >= lo) & (near < lo + 1.0)).any()
+        ]
+    )
+    below = np.nonzero(prof < 0.05 * prof[0])[0] if prof[0] > 0 else np.array([])
+    extent = float(below[0]) if below.size else cell
+    return spots, min(extent + 1.0, cell), cell
 
 
 def _freqs(P: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:

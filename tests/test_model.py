@@ -150,3 +150,55 @@ def test_bad_input(data, fitted, tmp_path):
         CCSTAE(**FAST).fit(dc, device="tpu", progress=False)
     with pytest.raises(ValueError, match="not a file"):
         CCSTAE.load(tmp_path / "nope.h5")
+
+
+def test_strain_map_agrees_with_truth_and_py4dstem_strainmap(data, fitted):
+    """Conventions pinned against py4DSTEM's own StrainMap on the same data:
+    same axes and signs (slope ~ 1, high correlation) for every component."""
+    from py4dstem_ccstae.baseline import py4dstem_strain
+
+    dc, truth, ref = data
+    ours = fitted.strain_map(dc, reference=ref)
+    theirs = py4dstem_strain(dc, reference=ref)
+    for k in ("e_xx", "e_yy", "e_xy", "theta"):
+        a = ours.get_slice(k).data.ravel()
+        b = theirs.get_slice(k).data.ravel()
+        t = truth.get_slice(k).data.ravel()
+        ok = np.isfinite(b)
+        assert ok.mean() > 0.9
+        slope = np.polyfit(b[ok], a[ok], 1)[0]
+        assert 0.9 < slope < 1.1, (k, slope)
+        assert np.corrcoef(a[ok], b[ok])[0, 1] > 0.98, k
+        assert np.mean(np.abs(a - t)) < 1e-3, k
+
+
+def test_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path):
+    dc, _ = polycrystal(scan_shape=(6, 6), pattern_shape=(64, 64), num_grains=3, seed=1)
+    kw = dict(size=32, epochs=4, batch_size=12, refine=False)
+    full = CCSTAE(**kw).fit(dc, seed=0, progress=False, device="cpu")
+    ckpt = tmp_path / "ckpt.pt"
+    part = CCSTAE(**{**kw, "epochs": 2}).fit(
+        dc, seed=0, progress=False, device="cpu", checkpoint=ckpt
+    )
+    assert ckpt.exists() and len(part.history_) == 2
+    resumed = CCSTAE(**kw).fit(
+        dc, seed=0, progress=False, device="cpu", checkpoint=ckpt, resume=True
+    )
+    assert len(resumed.history_) == len(full.history_)
+    for k, v in full.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[k], v, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="checkpoint"):
+        CCSTAE(**kw).fit(dc, progress=False, checkpoint=tmp_path / "no" / "c.pt")
+
+
+def test_shrinking_mask_schedule(data):
+    dc, truth, ref = data
+    model = CCSTAE(**{**FAST, "mask_schedule": True}).fit(
+        dc, seed=0, progress=False, device="cpu"
+    )
+    pixels = [h["mask_pixels"] for h in model.history_ if "mask_pixels" in h]
+    assert len(pixels) >= 2 and pixels[-1] < 0.8 * pixels[0]  # the mask shrinks
+    rs = model.strain_map(dc, reference=ref)
+    for k in ("e_xx", "e_yy", "e_xy"):
+        est, tru = rs.get_slice(k).data.ravel(), truth.get_slice(k).data.ravel()
+        assert np.corrcoef(est, tru)[0, 1] > 0.9, k
