@@ -119,3 +119,16 @@ def test_api_reference_documents_the_public_api(site):
         assert name in text, name
     # docstrings were parsed (numpy sections rendered), not just headings
     assert "Parameters:" in text and "Returns:" in text
+
+
+def test_benchmarks_page_is_generated_from_the_results():
+    """docs/benchmarks.md == what benchmarks/make_docs.py builds (no hand-typed numbers)."""
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "make_docs", root / "benchmarks" / "make_docs.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (root / "docs" / "benchmarks.md").read_text() == mod.render(), (
+        "run: python benchmarks/make_docs.py"
+    )

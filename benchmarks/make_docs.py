@@ -1,0 +1,67 @@
+"""Assemble ``docs/benchmarks.md`` from the template and the committed results.
+
+Run from the repository root after any benchmark::
+
+    python benchmarks/make_docs.py
+
+Every table on the page is copied from a result file written by a benchmark
+command (``docs/benchmark_results/``); the prose comes from
+``benchmarks/benchmarks_template.md`` and the interpretation of the current
+results from ``benchmarks/benchmarks_reading.md``. ``tests/test_docs.py`` checks that the
+committed page equals what this script produces, so no number is typed by
+hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "benchmark_results"
+TEMPLATE = ROOT / "benchmarks" / "benchmarks_template.md"
+PAGE = ROOT / "docs" / "benchmarks.md"
+
+
+def _simulate_speed_table() -> str:
+    data = json.loads((RESULTS / "simulate_speed.json").read_text())
+    meta = data.pop("meta")
+    rows = [
+        f"`{meta['command']}` ({meta['date']}, {meta['machine']}):",
+        "",
+        "| case (64x64 scan, 128x128 patterns) | median s | runs |",
+        "|---|---|---|",
+    ]
+    rows += [f"| {k} | {v['median_s']:.1f} | {len(v['runs'])} |" for k, v in data.items()]
+    return "\n".join(rows)
+
+
+def _file(name: str) -> str:
+    if not (RESULTS / name).exists():
+        return f"*Not measured yet: `docs/benchmark_results/{name}` does not exist.*"
+    text = (RESULTS / name).read_text().strip()
+    # links relative to the result folder -> relative to docs/
+    text = re.sub(r"\]\((?!https?:|/)([^)]+)\)", r"](benchmark_results/\1)", text)
+    # demote the result file's own headings below the page's sections
+    return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", text, flags=re.M)
+
+
+def render() -> str:
+    """The page as it must be committed."""
+    text = TEMPLATE.read_text()
+    reading = ROOT / "benchmarks" / "benchmarks_reading.md"
+    text = text.replace("{{reading}}", reading.read_text().strip())
+    text = text.replace("{{simulate_speed}}", _simulate_speed_table())
+    return re.sub(r"\{\{file:([\w.\-]+)\}\}", lambda m: _file(m.group(1)), text)
+
+
+def main() -> int:
+    PAGE.write_text(render())
+    print(f"wrote {PAGE.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
