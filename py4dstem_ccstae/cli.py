@@ -56,16 +56,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive integer, got {text!r}"
-        ) from None
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {v}")
-    return v
+def _int_at_least(low: int):
+    """argparse ``type=``: an integer >= ``low`` (one clear line otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {low}, got {text!r}"
+            ) from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
+        return v
+
+    return parse
+
+
+_positive_int = _int_at_least(2)  # scan sizes
+_count = _int_at_least(1)
+_nonnegative_int = _int_at_least(0)
 
 
 def _percent(text: str) -> float:
@@ -238,30 +248,6 @@ def _benchmark(args) -> int:
 # ------------------------------------------------------------- fit / predict
 OUTPUT_SUFFIX = "_ccstae.h5"
 STRAIN_DATAPATH = "ccstae/ccstae_strain"
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer >= 1, got {text!r}"
-        ) from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer >= 0, got {text!r}"
-        ) from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
 
 
 def reference_arg(text: str) -> str:
