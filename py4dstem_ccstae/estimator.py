@@ -14,6 +14,7 @@ and Q/R rotation).
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ DEFAULT_CONFIG = dict(
     refine=True,
     refine_steps=6,
     mask_schedule=False,
+    coarse_sigma=3.0,
+    coarse_epochs=6,
 )
 
 #: Largest training set; larger scans train on a fixed random subset.
@@ -98,7 +101,9 @@ class CCSTAE:
         spot-wise refinement after the encoder, :mod:`~py4dstem_ccstae.spotfit`),
         ``refine_steps`` (Gauss-Newton iterations of the refinement),
         ``epoch_size`` (patterns per epoch), ``mask_schedule`` (the paper's
-        shrinking-mask schedule; off by default).
+        shrinking-mask schedule; off by default), ``coarse_sigma`` and
+        ``coarse_epochs`` (coarse-to-fine smoothing at the start of training,
+        model pixels and epochs; :class:`~py4dstem_ccstae.train.TrainConfig`).
     """
 
     def __init__(self, **config):
@@ -109,6 +114,12 @@ class CCSTAE:
         sym = self.config["symmetry"]
         if sym != "auto" and (isinstance(sym, bool) or not isinstance(sym, int) or sym < 1):
             raise ValueError(f"symmetry must be 'auto' or a positive int, got {sym!r}")
+        cs = self.config["coarse_sigma"]
+        if isinstance(cs, bool) or not isinstance(cs, numbers.Real) or not cs >= 0:
+            raise ValueError(f"coarse_sigma must be a number >= 0 (pixels), got {cs!r}")
+        ce = self.config["coarse_epochs"]
+        if isinstance(ce, bool) or not isinstance(ce, numbers.Integral) or ce < 0:
+            raise ValueError(f"coarse_epochs must be an int >= 0, got {ce!r}")
         self.net: CCSTAENet | None = None
         self.fitted_: dict = {}
         self.history_: list = []
@@ -194,6 +205,8 @@ class CCSTAE:
             batch_size=self.config["batch_size"],
             lr=self.config["lr"],
             mask_schedule=bool(self.config["mask_schedule"]),
+            coarse_sigma=float(self.config["coarse_sigma"]),
+            coarse_epochs=int(self.config["coarse_epochs"]),
         )
         if checkpoint is not None:
             folder = Path(checkpoint).resolve().parent

@@ -92,9 +92,26 @@ def test_symmetry_detection():
 
 
 def test_training_lowers_loss_and_tracks_truth(data, fitted):
+    from py4dstem_ccstae.losses import cycle_losses
+    from py4dstem_ccstae.train import encode
+
     dc, truth, ref = data
     h = fitted.history_
-    assert h[-1]["loss"] < 0.7 * h[0]["loss"]
+    # coarse-to-fine: smoothing falls to 0 within the first half of training
+    sig = [r.get("sigma", 0.0) for r in h]
+    assert sig[0] == FAST.get("coarse_sigma", 3.0) and sig == sorted(sig, reverse=True)
+    assert sig[len(h) // 2] == 0.0
+    # the learned transforms explain the data far better than the identity
+    # (an untrained encoder's output), both against the final bases, unsmoothed
+    inputs = fitted._inputs(dc)
+    X = torch.from_numpy(inputs.to_array())
+    mask = torch.tensor(inputs.mask, dtype=torch.float32)
+    A = encode(fitted.net, X)["A"]
+    base = fitted.net.bases.detach()[torch.zeros(len(X), dtype=torch.long)]
+    with torch.no_grad():
+        trained = cycle_losses(X[:, None], base, A, mask)[0].mean()
+        identity = cycle_losses(X[:, None], base, torch.eye(2).expand_as(A), mask)[0].mean()
+    assert trained < 0.7 * identity
     assert fitted.fitted_["symmetry"] == 4
     rs = fitted.strain_map(dc, reference=ref)
     assert list(rs.slicelabels) == [
@@ -111,6 +128,30 @@ def test_training_lowers_loss_and_tracks_truth(data, fitted):
         assert np.corrcoef(est, tru)[0, 1] > 0.9, k
         assert np.mean(np.abs(est - tru)) < 3e-3, k
     assert np.all(rs.get_slice(k).data[ref] == pytest.approx(0, abs=2e-3))
+
+
+def test_coarse_to_fine_schedule():
+    from py4dstem_ccstae.train import TrainConfig, coarse_sigma, gaussian_blur
+
+    cfg = TrainConfig(epochs=30, coarse_sigma=3.0, coarse_epochs=6)
+    assert [coarse_sigma(cfg, e) for e in range(7)] == pytest.approx(
+        [3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0]
+    )
+    short = TrainConfig(epochs=4, coarse_sigma=3.0, coarse_epochs=6)  # <= epochs // 2
+    assert [coarse_sigma(short, e) for e in range(3)] == pytest.approx([3.0, 1.5, 0.0])
+    assert coarse_sigma(TrainConfig(coarse_sigma=0.0), 0) == 0.0
+    # the blur keeps the mass of an interior spot and its centre, widens it
+    x = torch.zeros(1, 1, 33, 33)
+    x[0, 0, 16, 16] = 1.0
+    y = gaussian_blur(x, 2.0)
+    assert float(y.sum()) == pytest.approx(1.0, abs=1e-6)
+    u = torch.arange(33.0) - 16
+    var = float((y[0, 0] * u[:, None] ** 2).sum())
+    assert var == pytest.approx(4.0, rel=0.02)  # kernel truncated at 3 sigma
+    assert torch.equal(gaussian_blur(x, 0.0), x)
+    for bad in (dict(coarse_sigma=-1.0), dict(coarse_sigma="3"), dict(coarse_epochs=1.5)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CCSTAE(**bad)
 
 
 def test_same_seed_same_result(data, fitted):
@@ -174,7 +215,7 @@ def test_strain_map_agrees_with_truth_and_py4dstem_strainmap(data, fitted):
 
 def test_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path):
     dc, _ = polycrystal(scan_shape=(6, 6), pattern_shape=(64, 64), num_grains=3, seed=1)
-    kw = dict(size=32, epochs=4, batch_size=12, refine=False)
+    kw = dict(size=32, epochs=4, batch_size=12, refine=False, coarse_epochs=1)
     full = CCSTAE(**kw).fit(dc, seed=0, progress=False, device="cpu")
     ckpt = tmp_path / "ckpt.pt"
     part = CCSTAE(**{**kw, "epochs": 2}).fit(
