@@ -6,6 +6,16 @@ vectors, intensity-scaled to values of order 1, read ``batch_size`` patterns at
 a time (the DataCube's data may be a numpy array, a ``numpy.memmap`` or an
 ``h5py.Dataset``).
 
+Memory
+------
+Only one batch of patterns is held at a time (resampled
+:data:`_RESAMPLE_CHUNK` patterns at a time), so memory does not grow with the
+scan. Pages of a ``numpy.memmap`` that have been read stay mapped into the
+process and count in its resident set (RSS) until the kernel reclaims them; so
+after every read from a shared (``'r'``, ``'r+'``, ``'w+'``) memmap the mapping's
+pages are released with ``madvise(MADV_DONTNEED)`` (they stay in the OS page
+cache; nothing is discarded). A ``'c'`` (copy-on-write) memmap is left alone.
+
 Geometry
 --------
 Output pixel ``(i, j)`` (``i`` = row = ``qx``, ``j`` = column = ``qy``) is the
@@ -49,6 +59,7 @@ the 99.9th percentile of the scaled mean (linear) resampled pattern.
 from __future__ import annotations
 
 import math
+import mmap
 import numbers
 import warnings
 from collections.abc import Iterator
@@ -69,6 +80,8 @@ SCALINGS = ("linear", "sqrt", "log", "power")
 _Q_MAX_MARGIN = 0.98
 #: Percentile of the scaled mean pattern used as the global intensity scale.
 _SCALE_PERCENTILE = 99.9
+#: Most patterns resampled at once (bounds the sampling grids' memory).
+_RESAMPLE_CHUNK = 256
 
 
 # ------------------------------------------------------------------- validation
@@ -104,6 +117,40 @@ def _check_block(block: np.ndarray, name: str = "datacube") -> None:
 
 
 # --------------------------------------------------------------------- reading
+def _shared_mapping(data) -> mmap.mmap | None:
+    """The shared ``mmap.mmap`` behind a numpy memmap (or a view of one), else None.
+
+    Follows ``.base`` to the mapping; None unless a ``numpy.memmap`` on the way
+    has a shared mode (``'r'``, ``'r+'`` or ``'w+'``; ``'c'`` is private).
+    """
+    mode = None
+    obj = data
+    while isinstance(obj, np.ndarray):
+        if isinstance(obj, np.memmap) and mode is None:
+            mode = obj.mode
+        obj = obj.base
+    if isinstance(obj, mmap.mmap) and mode in ("r", "r+", "w+"):
+        return obj
+    return None
+
+
+def _release_pages(data) -> None:
+    """Drop the read pages of a shared numpy memmap from this process's RSS.
+
+    ``madvise(MADV_DONTNEED)`` on a shared file mapping unmaps its pages from
+    the process only: they stay in the page cache (and are written back if
+    dirty) and are mapped again on the next access. No-op for anything else.
+    """
+    mapping = _shared_mapping(data)
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if mapping is None or advice is None or mapping.closed:
+        return
+    try:
+        mapping.madvise(advice)
+    except (OSError, ValueError):  # pragma: no cover - platform dependent
+        pass
+
+
 def _read_patterns(data, indices: np.ndarray, Ry: int) -> np.ndarray:
     """Patterns at flat scan ``indices`` (row-major over [Rx, Ry]), shape (n, Qx, Qy).
 
@@ -119,6 +166,7 @@ def _read_patterns(data, indices: np.ndarray, Ry: int) -> np.ndarray:
         block = np.asarray(data[int(rx), lo : hi + 1])
         chunks.append(block[ry - lo])
     out = np.concatenate(chunks, axis=0)
+    _release_pages(data)
     if not np.issubdtype(out.dtype, np.floating):
         out = out.astype(np.float64)
     return out[inverse]
@@ -508,8 +556,15 @@ class DiffractionInputs:
         """Area-averaged resampled patterns (n, size, size) float64 at flat ``indices``.
 
         Linear intensities (no scaling); geometry and averaging in the module
-        docs.
+        docs. Reads and resamples :data:`_RESAMPLE_CHUNK` patterns at a time.
         """
+        if len(indices) > _RESAMPLE_CHUNK:
+            return np.concatenate(
+                [
+                    self._resample(indices[i : i + _RESAMPLE_CHUNK])
+                    for i in range(0, len(indices), _RESAMPLE_CHUNK)
+                ]
+            )
         raw = _read_patterns(self._data, indices, self.scan_shape[1])
         _check_block(raw)
         Qx, Qy = raw.shape[-2:]

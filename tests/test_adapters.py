@@ -1,5 +1,7 @@
 """DiffractionInputs: calibrated resampling, spot geometry, streaming, bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -172,6 +174,125 @@ def test_streaming_h5_and_memmap(distorted, tmp_path):
     dcm = wrap(np.load(tmp_path / "d.npy", mmap_mode="r"))
     assert isinstance(dcm.data, np.memmap)
     assert np.array_equal(_inputs(dcm, batch_size=5).to_array(), ref)
+
+
+class _RecordingData:
+    """Array-like DataCube data that records every read and refuses full reads."""
+
+    def __init__(self, array):
+        self._a = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.size = array.size
+        self.reads = []  # patterns returned by each __getitem__
+
+    def __getitem__(self, key):
+        out = self._a[key]
+        self.reads.append(np.size(out) // (self.shape[-2] * self.shape[-1]))
+        return out
+
+    def __len__(self):
+        return len(self._a)
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole data array was materialised")
+
+
+def test_streaming_reads_at_most_a_batch(distorted, monkeypatch):
+    """Inputs, origin measurement and large batches read a bounded block at a time.
+
+    Fails if any step (validation, origin measurement, the mean pass, or a
+    predict-sized batch) reads the whole array or more than a batch of patterns.
+    """
+    import py4DSTEM
+
+    from py4dstem_ccstae import adapters
+
+    dc, _ = distorted
+    ref = _inputs(dc, batch_size=5)
+    rec = _RecordingData(np.asarray(dc.data))
+    dcr = py4DSTEM.DataCube(data=rec, calibration=dc.calibration.copy())
+    inp = _inputs(dcr, batch_size=5)
+    assert rec.reads and max(rec.reads) <= 5
+    # a batch larger than _RESAMPLE_CHUNK (predict's batches) is read in chunks
+    read = adapters._read_patterns
+    calls = []
+
+    def counting_read(data, indices, Ry):
+        calls.append(len(indices))
+        return read(data, indices, Ry)
+
+    monkeypatch.setattr(adapters, "_read_patterns", counting_read)
+    monkeypatch.setattr(adapters, "_RESAMPLE_CHUNK", 7)
+    idx = np.arange(inp.n_patterns)[::-1]
+    assert np.array_equal(inp.batch(idx), ref.batch(idx))
+    assert max(calls) == 7 and sum(calls) == 2 * inp.n_patterns
+    assert max(rec.reads) <= 7
+    # a missing origin is measured batch by batch as well
+    bare = py4DSTEM.DataCube(data=rec)
+    bare.calibration.set_Q_pixel_size(dc.calibration.get_Q_pixel_size())
+    bare.calibration.set_Q_pixel_units("A^-1")
+    rec.reads.clear()
+    with pytest.warns(UserWarning, match="origin"):
+        _inputs(bare, batch_size=4)
+    assert rec.reads and max(rec.reads) <= 4
+
+
+def _mapped_rss_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping header
+                inside = len(fields) >= 6 and fields[5] == str(path)
+            elif inside and fields and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+def test_memmap_pages_not_kept_resident(distorted, tmp_path):
+    """Read pages of a memmap are released: its RSS does not grow with the file.
+
+    Fails without ``_release_pages``: every page read stays mapped, so the
+    mapping's resident size equals the file size after one pass.
+    """
+    import py4DSTEM
+
+    from py4dstem_ccstae.adapters import _read_patterns, _shared_mapping
+
+    if not Path("/proc/self/smaps").exists():
+        pytest.skip("needs /proc/self/smaps (Linux)")
+    dc, _ = distorted
+    path = (tmp_path / "big.npy").resolve()
+    big = np.tile(np.asarray(dc.data, np.float32), (4, 4, 1, 1))  # 24x24 scan
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=big.shape)
+    mm[:] = big
+    mm.flush()
+    del mm
+    data = np.load(path, mmap_mode="r")
+    assert _shared_mapping(data) is not None
+    assert _shared_mapping(data[3:, ::2]) is not None  # views too
+    assert _shared_mapping(big) is None
+
+    def wrap(array):
+        cal = dc.calibration.copy()
+        cal.set_origin(tuple(np.tile(v, (4, 4)) for v in cal.get_origin()))
+        return py4DSTEM.DataCube(data=array, calibration=cal)
+
+    dcm = wrap(data)
+    ref = _inputs(wrap(big))
+    inp = _inputs(dcm, batch_size=16)
+    assert np.array_equal(inp.to_array(), ref.to_array())
+    assert _mapped_rss_kb(path) * 1024 < 0.1 * big.nbytes
+    np.asarray(data).sum()  # control: a full read does show up in the mapping's RSS
+    assert _mapped_rss_kb(path) * 1024 > 0.5 * big.nbytes
+
+    # a copy-on-write memmap is private: never released (changes would be lost)
+    cow = np.load(path, mmap_mode="c")
+    assert _shared_mapping(cow) is None
+    cow[0, 0] = 7.0
+    assert np.all(_read_patterns(cow, np.array([0, 1]), big.shape[1])[0] == 7.0)
+    assert np.all(cow[0, 0] == 7.0)
 
 
 # ----------------------------------------------------------- missing origin
