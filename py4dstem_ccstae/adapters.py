@@ -364,6 +364,8 @@ class DiffractionInputs:
         qf = np.stack(np.meshgrid(tf, tf, indexing="ij"), -1)
         # detector offsets inv(C) @ q of every sub-sample, (size*s, size*s, 2)
         self._offsets = torch.from_numpy(qf @ np.linalg.inv(C).T)
+        # ((Qx, Qy), offsets in grid_sample's normalised (x, y), float32); lazy
+        self._unit_offsets: tuple | None = None
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -568,11 +570,17 @@ class DiffractionInputs:
         raw = _read_patterns(self._data, indices, self.scan_shape[1])
         _check_block(raw)
         Qx, Qy = raw.shape[-2:]
-        origin = torch.from_numpy(self.origin.reshape(-1, 2)[indices])
-        p = (origin[:, None, None, :] + self._offsets[None]).float()  # (n, Sf, Sf, 2)
         # grid_sample with align_corners=True: -1 and 1 are the outer pixel centres;
-        # bilinear, zero outside (as map_coordinates' grid-constant mode)
-        grid = torch.stack([2 * p[..., 1] / (Qy - 1) - 1, 2 * p[..., 0] / (Qx - 1) - 1], -1)
+        # bilinear, zero outside (as map_coordinates' grid-constant mode). Grid =
+        # normalised (column, row) of p = origin + offsets, built as one float32
+        # add of the (cached) normalised offsets and the normalised origins
+        to_unit = np.array([2.0 / (Qy - 1), 2.0 / (Qx - 1)])
+        if self._unit_offsets is None or self._unit_offsets[0] != (Qx, Qy):
+            unit = self._offsets.numpy()[..., ::-1] * to_unit
+            self._unit_offsets = ((Qx, Qy), torch.from_numpy(unit.astype(np.float32)))
+        origin = self.origin.reshape(-1, 2)[indices][:, ::-1] * to_unit - 1.0
+        origin = torch.from_numpy(origin.astype(np.float32))
+        grid = origin[:, None, None, :] + self._unit_offsets[1][None]  # (n, Sf, Sf, 2)
         img = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[:, None]
         fine = torch.nn.functional.grid_sample(
             img, grid, mode="bilinear", padding_mode="zeros", align_corners=True

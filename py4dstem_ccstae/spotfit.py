@@ -191,10 +191,14 @@ def _gather_patches(
 
 
 def _phase(s: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-    """Fourier factor that shifts a patch by ``s`` (..., 2) pixels (rows, columns)."""
-    return torch.exp(
-        -2j * math.pi * (fx * s[..., 0, None, None] + fy * s[..., 1, None, None])
-    )
+    """Fourier factor that shifts a patch by ``s`` (..., 2) pixels (rows, columns).
+
+    ``exp(-2 pi i (fx s_row + fy s_col))``, computed as the product of its row
+    and column factors (two 1-D exponentials instead of one per frequency).
+    """
+    rows = torch.exp(-2j * math.pi * (fx * s[..., 0, None, None]))  # (..., P, 1)
+    cols = torch.exp(-2j * math.pi * (fy * s[..., 1, None, None]))  # (..., 1, F)
+    return rows * cols
 
 
 def patch_size(radius: float) -> int:
