@@ -12,7 +12,10 @@ trained, training time, the MAE of the encoder's own estimate
 (``refine_transforms=False``) and of the refined estimate, against the
 simulation's truth, referenced to the zero-strain grain as in the benchmark.
 An encoder that never locked on gives a constant output, i.e. an encoder MAE
-equal to the spread of the true strain (about 8-10e-3 here).
+equal to the spread of the true strain (about 8-10e-3 here). Whether an
+encoder locks on without the schedule varies from run to run (it depends on
+the seed and even on the number of threads, which changes the order of
+floating-point sums), so several seeds are run.
 
 Writes ``coarse_to_fine.json`` and ``coarse_to_fine.md`` to ``--out``.
 """
@@ -66,7 +69,7 @@ def markdown(result: dict) -> str:
         "# Coarse-to-fine training schedule on and off",
         "",
         f"Command: `{result['command']}`; {result['date']}; {result['machine']}; "
-        f"git {result['git']}.",
+        f"torch threads {result['threads']}; git {result['git']}.",
         "",
         "64x64 scan, 128x128 patterns, the benchmark's noise-sweep data; MAE vs "
         "truth (strain x1e-3, theta in degrees), reference = zero-strain grain. "
@@ -106,6 +109,8 @@ def main(argv=None) -> int:
         ).stdout.strip()
     except OSError:
         git = "unknown"
+    import torch
+
     rows = run(args.levels, args.seeds)
     result = {
         "command": "python benchmarks/coarse_to_fine.py "
@@ -114,6 +119,7 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         "git": git or "unknown",
+        "threads": torch.get_num_threads(),
         "rows": rows,
     }
     (out / "coarse_to_fine.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -7,7 +7,8 @@ Run from the repository root after any benchmark::
 Every table on the page is copied from a result file written by a benchmark
 command (``docs/benchmark_results/``); the prose comes from
 ``benchmarks/benchmarks_template.md`` and the interpretation of the current
-results from ``benchmarks/benchmarks_reading.md``. ``tests/test_docs.py`` checks that the
+results from ``benchmarks/benchmarks_reading.md`` (comparison) and
+``benchmarks/speed_reading.md`` (speed and memory). ``tests/test_docs.py`` checks that the
 committed page equals what this script produces, so no number is typed by
 hand.
 """
@@ -53,6 +54,8 @@ def render() -> str:
     text = TEMPLATE.read_text()
     reading = ROOT / "benchmarks" / "benchmarks_reading.md"
     text = text.replace("{{reading}}", reading.read_text().strip())
+    speed = ROOT / "benchmarks" / "speed_reading.md"
+    text = text.replace("{{speed_reading}}", speed.read_text().strip())
     text = text.replace("{{simulate_speed}}", _simulate_speed_table())
     return re.sub(r"\{\{file:([\w.\-]+)\}\}", lambda m: _file(m.group(1)), text)
 

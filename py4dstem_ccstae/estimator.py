@@ -26,6 +26,7 @@ from ._validation import check_datacube, check_reference, check_seed
 from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform
 from .io import OutputExistsError, atomic_write, is_emd_file
+from .losses import LOSSES
 from .model import CCSTAENet
 from .spotfit import base_patches, find_spots, refine_spots
 from .train import TrainConfig, encode, fit_network, resolve_device
@@ -51,6 +52,9 @@ DEFAULT_CONFIG = dict(
     mask_schedule=False,
     coarse_sigma=3.0,
     coarse_epochs=6,
+    loss="mse",
+    overshoot=1.0,
+    base_l1=0.0,
 )
 
 #: Largest training set; larger scans train on a fixed random subset.
@@ -103,7 +107,10 @@ class CCSTAE:
         ``epoch_size`` (patterns per epoch), ``mask_schedule`` (the paper's
         shrinking-mask schedule; off by default), ``coarse_sigma`` and
         ``coarse_epochs`` (coarse-to-fine smoothing at the start of training,
-        model pixels and epochs; :class:`~py4dstem_ccstae.train.TrainConfig`).
+        model pixels and epochs; :class:`~py4dstem_ccstae.train.TrainConfig`),
+        ``loss`` (``"mse"|"l1"|"poisson"``), ``overshoot`` (weight of pixels
+        where the base exceeds the data) and ``base_l1`` (L1 sparsity on the
+        bases; :mod:`~py4dstem_ccstae.losses`).
     """
 
     def __init__(self, **config):
@@ -120,6 +127,19 @@ class CCSTAE:
         ce = self.config["coarse_epochs"]
         if isinstance(ce, bool) or not isinstance(ce, numbers.Integral) or ce < 0:
             raise ValueError(f"coarse_epochs must be an int >= 0, got {ce!r}")
+        if self.config["loss"] not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.config['loss']!r}")
+        if self.config["loss"] == "poisson" and self.config["scaling"] != "linear":
+            raise ValueError(
+                "loss='poisson' needs linear intensities: pass scaling='linear' "
+                f"(got scaling={self.config['scaling']!r})"
+            )
+        for name in ("overshoot", "base_l1"):
+            v = self.config[name]
+            low = 1e-12 if name == "overshoot" else 0.0
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= low:
+                bound = "> 0" if name == "overshoot" else ">= 0"
+                raise ValueError(f"{name} must be a number {bound}, got {v!r}")
         self.net: CCSTAENet | None = None
         self.fitted_: dict = {}
         self.history_: list = []
@@ -207,6 +227,9 @@ class CCSTAE:
             mask_schedule=bool(self.config["mask_schedule"]),
             coarse_sigma=float(self.config["coarse_sigma"]),
             coarse_epochs=int(self.config["coarse_epochs"]),
+            loss=self.config["loss"],
+            overshoot=float(self.config["overshoot"]),
+            base_l1=float(self.config["base_l1"]),
         )
         if checkpoint is not None:
             folder = Path(checkpoint).resolve().parent

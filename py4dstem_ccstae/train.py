@@ -79,6 +79,17 @@ class TrainConfig:
     coarse_epochs : int
         Length of the coarse-to-fine phase (epochs), at most half of
         ``epochs``.
+    loss : str
+        Per-pixel loss, one of :data:`~py4dstem_ccstae.losses.LOSSES`.
+    overshoot : float
+        Weight of pixels where the base side exceeds the data
+        (:func:`~py4dstem_ccstae.losses.pixel_loss`).
+    base_l1 : float
+        L1 sparsity on the bases, applied as its proximal step (soft
+        threshold ``sign(b) * max(|b| - base_l1, 0)``, scaled-intensity units)
+        after every re-estimation of the bases: the bases are aligned means,
+        not gradient-trained, so the penalty acts through its proximal
+        operator. 0: off.
     """
 
     epochs: int = 30
@@ -95,6 +106,9 @@ class TrainConfig:
     shrink_start: float = 0.5
     coarse_sigma: float = 3.0
     coarse_epochs: int = 6
+    loss: str = "mse"
+    overshoot: float = 1.0
+    base_l1: float = 0.0
     history: list = field(default_factory=list)
 
 
@@ -348,7 +362,9 @@ def fit_network(
                 out = net(xb)
                 xs = gaussian_blur(xb, sigma)
                 bs = gaussian_blur(out["base"], sigma)
-                fwd, cyc, _ = cycle_losses(xs, bs, out["A"], mask)
+                fwd, cyc, _ = cycle_losses(
+                    xs, bs, out["A"], mask, loss=config.loss, overshoot=config.overshoot
+                )
                 hinge = strain_hinge(out["strain"], config.hinge_limit)
                 loss = (
                     fwd + config.cycle_weight * cyc + config.hinge_weight * hinge
@@ -364,6 +380,10 @@ def fit_network(
         Xs = X[perm]
         enc = encode(net, Xs)
         update_bases(net, Xs, enc["A"], enc["cls"])
+        if config.base_l1 > 0:
+            with torch.no_grad():
+                b = net.bases.data
+                b.copy_(torch.sign(b) * torch.relu(b.abs() - config.base_l1))
         rec = {
             "epoch": epoch,
             "loss": tot / M,

@@ -243,3 +243,61 @@ def test_shrinking_mask_schedule(data):
     for k in ("e_xx", "e_yy", "e_xy"):
         est, tru = rs.get_slice(k).data.ravel(), truth.get_slice(k).data.ravel()
         assert np.corrcoef(est, tru)[0, 1] > 0.9, k
+
+
+def test_pixel_losses():
+    from py4dstem_ccstae.losses import pixel_loss
+
+    d = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2)
+    m = torch.tensor([2.0, 1.0, 3.0, 6.0]).view(1, 1, 2, 2)  # over, under, equal, over
+    one = torch.ones(2, 2)
+    assert float(pixel_loss(m, d, one)) == pytest.approx((1 + 1 + 0 + 4) / 4)
+    over = float(pixel_loss(m, d, one, overshoot=3.0))
+    assert over == pytest.approx((3 + 1 + 0 + 12) / 4)
+    assert float(pixel_loss(m, d, one, "l1", 2.0)) == pytest.approx((2 + 1 + 0 + 4) / 4)
+    half = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # the mask selects pixels
+    assert float(pixel_loss(m, d, half)) == pytest.approx(1.0)
+    # Poisson deviance: zero at m == d, positive elsewhere, minimum at m == d
+    assert float(pixel_loss(d, d, one, "poisson")) == pytest.approx(0.0, abs=1e-7)
+    assert float(pixel_loss(m, d, one, "poisson")) > 0
+    mm = d.clone().requires_grad_(True)
+    pixel_loss(mm, d, one, "poisson").sum().backward()
+    assert torch.allclose(mm.grad, torch.zeros_like(mm.grad), atol=1e-7)
+    # zero data pixels are allowed (0 log 0 = 0)
+    z = torch.zeros(1, 1, 2, 2)
+    assert float(pixel_loss(m, z, one, "poisson")) == pytest.approx(float(m.mean()))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(loss="l1"),
+        dict(loss="mse", overshoot=3.0),
+        dict(loss="poisson", scaling="linear"),
+        dict(base_l1=0.05),
+    ],
+)
+def test_loss_options_train(options):
+    dc, _ = polycrystal(scan_shape=(6, 6), pattern_shape=(64, 64), num_grains=3, seed=1)
+    kw = dict(size=32, epochs=2, batch_size=12, coarse_epochs=1, **options)
+    model = CCSTAE(**kw).fit(dc, seed=0, progress=False, device="cpu")
+    assert all(np.isfinite(h["loss"]) for h in model.history_)
+    rs = model.strain_map(dc)
+    assert np.isfinite(rs.get_slice("e_xx").data).all()
+    if "base_l1" in options:
+        b = model.net.bases.detach()
+        plain = CCSTAE(**{**kw, "base_l1": 0.0}).fit(dc, seed=0, progress=False)
+        # the soft threshold zeroes the faint pixels the plain mean keeps
+        assert float((b == 0).float().mean()) > float((plain.net.bases == 0).float().mean())
+
+
+def test_loss_option_errors():
+    for bad, match in [
+        (dict(loss="huber"), "loss must be one of"),
+        (dict(loss="poisson"), "scaling='linear'"),
+        (dict(overshoot=0.0), "overshoot"),
+        (dict(base_l1=-1.0), "base_l1"),
+        (dict(overshoot="2"), "overshoot"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            CCSTAE(**bad)
