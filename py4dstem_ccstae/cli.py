@@ -725,6 +725,33 @@ def _refine_config(steps: int | None) -> dict:
     return {"refine": steps > 0, "refine_steps": max(steps, 1)}
 
 
+def config_option(text: str) -> tuple[str, object]:
+    """argparse ``type=`` for ``--set KEY=VALUE``: a CCSTAE option and its value.
+
+    ``VALUE`` is read as JSON (``3``, ``0.5``, ``true``, ``null``,
+    ``[0.2, 1.5]``) and otherwise kept as a string (``loss=l1``).
+    """
+    import json
+
+    from .estimator import DEFAULT_CONFIG
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if key not in DEFAULT_CONFIG:
+        raise argparse.ArgumentTypeError(
+            f"unknown option {key!r}; options: {', '.join(sorted(DEFAULT_CONFIG))}"
+        )
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    if isinstance(parsed, list):
+        parsed = tuple(parsed)
+    return key, parsed
+
+
 def _fit(args) -> int:
     import matplotlib
 
@@ -742,7 +769,7 @@ def _fit(args) -> int:
             epochs=args.epochs,
             seed=args.seed,
             force=args.force,
-            config=_refine_config(args.refine_steps),
+            config={**dict(args.set or []), **_refine_config(args.refine_steps)},
         )
     except (ValueError, FileExistsError) as err:
         return _fail("fit", err)
@@ -850,6 +877,15 @@ def _add_fit_predict(sub) -> None:
         help="per-pattern refinement steps after training (default: CCSTAE's; "
         "0: no refinement, faster, less accurate); stored in the model and used "
         "by 'predict'",
+    )
+    fit.add_argument(
+        "--set",
+        type=config_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="any CCSTAE option (docs: Configuration), repeatable, e.g. "
+        "--set size=96 --set loss=l1 --set ring=[0.2,1.5]; VALUE is read as JSON, "
+        "else as a string",
     )
     fit.set_defaults(func=_fit)
 

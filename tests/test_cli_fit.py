@@ -41,6 +41,7 @@ def fitted(scans):
     """One ``fit`` run through ``main``; returns (output, plot, stdout)."""
     out, plot = scans / "fit.h5", scans / "fit.png"
     argv = ["fit", str(scans / "scan0.h5"), *FAST, "--reference", "0:4,0:4"]
+    argv += ["--set", "coarse_epochs=1", "--set", "loss=l1"]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = main([*argv, "--out", str(out), "--plot", str(plot)])
@@ -59,6 +60,7 @@ def test_fit_writes_strain_and_model_to_one_emd_file(fitted, scans):
     assert run["command"] == "fit" and run["reference"] == "0:4,0:4"
     model = CCSTAE.load(out)
     assert model.config["epochs"] == 2 and model.config["refine_steps"] == 5
+    assert model.config["coarse_epochs"] == 1 and model.config["loss"] == "l1"
     assert plot.stat().st_size > 1000
 
 
@@ -156,6 +158,25 @@ def test_argument_errors_found_before_training(scans, tmp_path, capsys):
     assert os.listdir(tmp_path) == [] or all(
         n.endswith(".npy") for n in os.listdir(tmp_path)
     )
+
+
+def test_set_option_parsing(scans, tmp_path, capsys):
+    from py4dstem_ccstae.cli import config_option
+
+    assert config_option("size=96") == ("size", 96)
+    assert config_option("loss=l1") == ("loss", "l1")
+    assert config_option("ring=[0.2, 1.5]") == ("ring", (0.2, 1.5))
+    assert config_option("q_max=null") == ("q_max", None)
+    scan = str(scans / "scan0.h5")
+    for bad in ("nokey", "colour=red", "=3"):
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", scan, "--set", bad])
+        assert exc.value.code == 2
+        assert "--set" in capsys.readouterr().err
+    # a known option with a bad value: one line naming it, nothing written
+    out = tmp_path / "o.h5"
+    assert main(["fit", scan, "--out", str(out), "--set", "loss=huber"]) == 2
+    assert "loss" in capsys.readouterr().err and not out.exists()
 
 
 def test_parse_reference():
