@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._validation import check_datacube, check_reference, check_seed
+from ._validation import check_datacube, check_number, check_reference, check_seed
 from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform
 from .io import OutputExistsError, atomic_write, is_emd_file
@@ -56,6 +56,38 @@ DEFAULT_CONFIG = dict(
     overshoot=1.0,
     base_l1=0.0,
 )
+
+#: Numeric options: (must be an int, lower bound, bound excluded).
+_NUMERIC_OPTIONS = {
+    "size": (True, 16, False),
+    "num_bases": (True, 1, False),
+    "max_strain": (False, 0.0, True),
+    "width": (True, 4, False),
+    "epochs": (True, 1, False),
+    "epoch_size": (True, 1, False),
+    "batch_size": (True, 1, False),
+    "lr": (False, 0.0, True),
+    "refine_steps": (True, 1, False),
+    "coarse_sigma": (False, 0.0, False),
+    "coarse_epochs": (True, 0, False),
+    "overshoot": (False, 0.0, True),
+    "base_l1": (False, 0.0, False),
+}
+
+
+def _check_option(name: str, value, integer: bool, low: float, low_open: bool) -> None:
+    """A CCSTAE option: a finite number (an int if ``integer``) above ``low``.
+
+    Raises ValueError naming the option (also for a value of the wrong type,
+    so that every bad option gives the same kind of error).
+    """
+    if integer and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    try:
+        check_number(value, name, low=low, low_open=low_open)
+    except TypeError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
 
 #: Largest training set; larger scans train on a fixed random subset.
 MAX_TRAIN_PATTERNS = 16384
@@ -121,12 +153,10 @@ class CCSTAE:
         sym = self.config["symmetry"]
         if sym != "auto" and (isinstance(sym, bool) or not isinstance(sym, int) or sym < 1):
             raise ValueError(f"symmetry must be 'auto' or a positive int, got {sym!r}")
-        cs = self.config["coarse_sigma"]
-        if isinstance(cs, bool) or not isinstance(cs, numbers.Real) or not cs >= 0:
-            raise ValueError(f"coarse_sigma must be a number >= 0 (pixels), got {cs!r}")
-        ce = self.config["coarse_epochs"]
-        if isinstance(ce, bool) or not isinstance(ce, numbers.Integral) or ce < 0:
-            raise ValueError(f"coarse_epochs must be an int >= 0, got {ce!r}")
+        for name, (integer, low, low_open) in _NUMERIC_OPTIONS.items():
+            _check_option(name, self.config[name], integer, low, low_open)
+        if self.config["width"] % 4:
+            raise ValueError(f"width must be a multiple of 4, got {self.config['width']}")
         if self.config["loss"] not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.config['loss']!r}")
         if self.config["loss"] == "poisson" and self.config["scaling"] != "linear":
@@ -134,12 +164,6 @@ class CCSTAE:
                 "loss='poisson' needs linear intensities: pass scaling='linear' "
                 f"(got scaling={self.config['scaling']!r})"
             )
-        for name in ("overshoot", "base_l1"):
-            v = self.config[name]
-            low = 1e-12 if name == "overshoot" else 0.0
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= low:
-                bound = "> 0" if name == "overshoot" else ">= 0"
-                raise ValueError(f"{name} must be a number {bound}, got {v!r}")
         self.net: CCSTAENet | None = None
         self.fitted_: dict = {}
         self.history_: list = []

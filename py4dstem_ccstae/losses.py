@@ -34,9 +34,11 @@ LOSSES = ("mse", "l1", "poisson")
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error inside ``mask`` (broadcast to ``a``), shape (B,)."""
-    w = mask.expand_as(a)
-    return ((a - b) ** 2 * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1e-8)
+    """Per-sample mean squared error inside ``mask`` (broadcast to ``a``), shape (B,).
+
+    Plain MSE, i.e. :func:`pixel_loss` with ``kind="mse"`` and no overshoot weight.
+    """
+    return pixel_loss(a, b, mask)
 
 
 def pixel_loss(

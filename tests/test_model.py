@@ -291,6 +291,21 @@ def test_loss_options_train(options):
         assert float((b == 0).float().mean()) > float((plain.net.bases == 0).float().mean())
 
 
+def test_numeric_option_errors_name_the_option():
+    for bad in (
+        dict(width=1.5),
+        dict(width=6),
+        dict(lr=-1.0),
+        dict(epochs="abc"),
+        dict(size=8),
+        dict(batch_size=0),
+        dict(max_strain=float("nan")),
+        dict(refine_steps=True),
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CCSTAE(**bad)
+
+
 def test_loss_option_errors():
     for bad, match in [
         (dict(loss="huber"), "loss must be one of"),
