@@ -93,7 +93,7 @@ def _count(minimum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options (see the module docstring)."""
-    from py4dstem_ccstae.cli import reference_arg
+    from py4dstem_ccstae.cli import config_option, reference_arg
 
     p = argparse.ArgumentParser(
         prog="batch_process.py",
@@ -153,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="per-pattern refinement steps (default: CCSTAE's; 0: none)",
+    )
+    p.add_argument(
+        "--set",
+        type=config_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="any CCSTAE option for training (docs: Configuration), repeatable, as "
+        "in 'py4dstem-ccstae fit --set'",
     )
     p.add_argument("--seed", type=_count(0), default=0, metavar="N", help="random seed (0)")
     p.add_argument("--plots", action="store_true", help="also write <stem>_ccstae.png")
@@ -243,12 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         force=args.force,
     )
-    refine = {}
+    refine = dict(args.set or [])
     if args.refine_steps is not None:
-        refine = {
-            "refine": args.refine_steps > 0,
-            "refine_steps": max(args.refine_steps, 1),
-        }
+        refine.update(refine=args.refine_steps > 0, refine_steps=max(args.refine_steps, 1))
+    try:
+        CCSTAE(**refine)  # a bad option fails here, not after the first file
+    except (TypeError, ValueError) as err:
+        print(f"batch_process.py: error: --set: {err}", file=sys.stderr)
+        return 2
     rows: list[dict] = []
     t_all = time.perf_counter()
     for i, f in enumerate(files, 1):

@@ -116,8 +116,11 @@ class BenchmarkResult:
         ``method``, ``mae_e_xx``, ``mae_e_yy``, ``mae_e_xy`` (fractions),
         ``mae_theta_deg``, ``valid_fraction``, ``theta_symmetry``, ``positions``,
         ``seconds`` (wall time; CC-ST-AE: training + inference),
-        ``patterns_per_s``, ``peak_rss_mb`` and ``error`` (``""``, or the
-        exception if the method failed; its numbers are then NaN).
+        ``patterns_per_s``, ``peak_rss_mb``, ``attempts`` and ``sensitivity``
+        (CC-ST-AE's training attempts and its encoder's lock-on sensitivity,
+        :meth:`~py4dstem_ccstae.estimator.CCSTAE.fit`; NaN for py4DSTEM) and
+        ``error`` (``""``, or the exception if the method failed; its numbers
+        are then NaN).
     settings : dict
         What was run (scan, levels, seed, simulation and model settings).
     figure : dict or None
@@ -220,7 +223,7 @@ def _run_method(method: str, dc, truth, reference, symmetry: int, config: dict, 
     from .metrics import strain_errors
 
     n = int(np.prod(dc.data.shape[:2]))
-    rs, err = None, ""
+    rs, err, lock = None, "", {"attempts": float("nan"), "sensitivity": float("nan")}
     t0 = time.perf_counter()
     with _PeakRSS() as rss:
         try:
@@ -228,6 +231,10 @@ def _run_method(method: str, dc, truth, reference, symmetry: int, config: dict, 
                 if method == "CC-ST-AE":
                     model = CCSTAE(**config).fit(dc, seed=seed, progress=False)
                     rs = model.strain_map(dc, reference=reference)
+                    lock = {
+                        "attempts": len(model.fitted_["attempts"]),
+                        "sensitivity": model.fitted_["encoder_sensitivity"]["mean"],
+                    }
                 else:
                     rs = py4dstem_strain(dc, reference=reference)
         except Exception as exc:  # a failing method is a result, not a crash
@@ -246,6 +253,7 @@ def _run_method(method: str, dc, truth, reference, symmetry: int, config: dict, 
         seconds=sec,
         patterns_per_s=n / sec if sec > 0 else float("nan"),
         peak_rss_mb=rss.peak,
+        **lock,
         error=err,
     )
     return row, rs
@@ -695,7 +703,8 @@ def _markdown(result: BenchmarkResult, command: str, date: str) -> str:
     ratios = {(r["case"], r["noise"]): r for r in result.ratios()}
     header = (
         "| noise % | method | e_xx | e_yy | e_xy | theta (deg) | valid | s "
-        "| patterns/s | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| patterns/s | peak RSS MB | attempts (sensitivity) |"
+        "\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for case, info in s["cases"].items():
         text = f"`{info['simulation']}`: {info['description']}."
@@ -723,15 +732,16 @@ def _markdown(result: BenchmarkResult, command: str, date: str) -> str:
                     f"| {level:g} | {method} | {maes} | {_fmt(r['valid_fraction'], '.2f')}"
                     f" | {_fmt(r['seconds'], '.1f' if r['seconds'] < 100 else '.0f')}"
                     f" | {_fmt(r['patterns_per_s'], '.0f')}"
-                    f" | {_fmt(r['peak_rss_mb'], '.0f')} |"
+                    f" | {_fmt(r['peak_rss_mb'], '.0f')}"
+                    f" | {_lock_on(r)} |"
                 )
                 if r["error"]:
                     fail = f"| {level:g} | {method} | failed: {r['error']} |"
-                    lines.append(fail + " |" * 7)
+                    lines.append(fail + " |" * 8)
             q = ratios.get((case, level))
             if q is not None:
                 rt = " | ".join(_fmt(q[f"ratio_{k}"], ".2f") for k in KEYS)
-                lines.append(f"| {level:g} | ratio | {rt} | | | | |")
+                lines.append(f"| {level:g} | ratio | {rt} | | | | | |")
         lines.append("")
         if case == "noise sweep":
             lines += [
@@ -770,6 +780,14 @@ def _markdown(result: BenchmarkResult, command: str, date: str) -> str:
     return "\n".join(lines)
 
 
+def _lock_on(row: dict) -> str:
+    """``"1 (0.41)"``: training attempts and the kept encoder's sensitivity."""
+    n, sens = row.get("attempts"), row.get("sensitivity")
+    if n is None or sens is None or not (np.isfinite(n) and np.isfinite(sens)):
+        return ""  # py4DSTEM, or results written before the lock-on check
+    return f"{int(n)} ({sens:.2f})"
+
+
 def _csv_text(result: BenchmarkResult) -> str:
     fields = [
         "case",
@@ -782,6 +800,8 @@ def _csv_text(result: BenchmarkResult) -> str:
         "seconds",
         "patterns_per_s",
         "peak_rss_mb",
+        "attempts",
+        "sensitivity",
         "error",
     ]
     buf = io.StringIO()

@@ -711,6 +711,10 @@ def _report(res: dict, what: str) -> None:
     if "train_seconds" in res:
         print(f"trained in {res['train_seconds']:.1f} s; ", end="")
     print(f"total {res['seconds']:.1f} s")
+    fitted = getattr(res.get("model"), "fitted_", None) or {}
+    if what == "fit" and fitted.get("attempts"):
+        n, sens = len(fitted["attempts"]), fitted["encoder_sensitivity"]["mean"]
+        print(f"lock-on: {n} training attempt(s), encoder sensitivity {sens:.2f}")
     out = res["output"]
     print(f"strain: {out}  ->  py4DSTEM.read('{out}', datapath='{res['strain_datapath']}')")
     if what == "fit":

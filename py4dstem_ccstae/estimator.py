@@ -17,6 +17,7 @@ import json
 import numbers
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from .io import OutputExistsError, atomic_write, is_emd_file
 from .losses import LOSSES
 from .model import CCSTAENet
 from .spotfit import base_patches, find_spots, refine_spots
-from .train import TrainConfig, encode, fit_network, resolve_device
+from .train import TrainConfig, encode, encoder_sensitivity, fit_network, resolve_device
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
 
@@ -55,6 +56,8 @@ DEFAULT_CONFIG = dict(
     loss="mse",
     overshoot=1.0,
     base_l1=0.0,
+    retries=2,
+    min_sensitivity=0.1,
 )
 
 #: Numeric options: (must be an int, lower bound, bound excluded).
@@ -72,6 +75,8 @@ _NUMERIC_OPTIONS = {
     "coarse_epochs": (True, 0, False),
     "overshoot": (False, 0.0, True),
     "base_l1": (False, 0.0, False),
+    "retries": (True, 0, False),
+    "min_sensitivity": (False, 0.0, False),
 }
 
 
@@ -93,6 +98,11 @@ def _check_option(name: str, value, integer: bool, low: float, low_open: bool) -
 MAX_TRAIN_PATTERNS = 16384
 #: Patterns used to re-estimate the bases' spot patches after training.
 REALIGN_PATTERNS = 4096
+
+#: Patterns of the lock-on check (:func:`~py4dstem_ccstae.train.encoder_sensitivity`).
+SENSITIVITY_PATTERNS = 256
+#: Seed step between training attempts (attempt ``k`` uses ``seed + k * step``).
+RETRY_SEED_STEP = 1000
 
 #: Patterns read and predicted at a time.
 _PREDICT_BATCH = 1024
@@ -202,7 +212,7 @@ class CCSTAE:
             Calibrated Bragg vectors (ring mask from the Bragg vector map).
         seed : int
             Seeds initialisation, batch order and subsets (CPU runs are
-            reproducible).
+            reproducible). Retries (below) use ``seed + 1000 * k``.
         device : str
             ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda[:n]"``;
             on CUDA training uses mixed precision.
@@ -211,12 +221,26 @@ class CCSTAE:
         checkpoint : path-like, optional
             File written atomically after every epoch (its folder must exist).
         resume : bool
-            Continue training from ``checkpoint`` when it exists.
+            Continue training from ``checkpoint`` when it exists (from the
+            lock-on attempt it was written by, see Notes).
 
         Returns
         -------
         CCSTAE
             ``self``, with ``history_`` (per-epoch losses) and ``fitted_``.
+
+        Notes
+        -----
+        Lock-on check: after training, the encoder's response to small known
+        warps of 256 training patterns is measured
+        (:func:`~py4dstem_ccstae.train.encoder_sensitivity`, 1 = follows the
+        warp, 0 = ignores its input). Below ``min_sensitivity`` the encoder
+        never locked on (its output is the scan's mean transform, which can
+        happen under heavy noise), and training starts again from a new
+        initialisation, at most ``retries`` times; the most sensitive network
+        is kept, with a ``RuntimeWarning`` if none passed. Every attempt is
+        recorded in ``fitted_["attempts"]``, the kept network's sensitivity in
+        ``fitted_["encoder_sensitivity"]``.
         """
         seed = check_seed(seed)
         dev = resolve_device(device)
@@ -236,13 +260,6 @@ class CCSTAE:
         sym = self.config["symmetry"]
         if sym == "auto":
             sym = _detect_symmetry(inputs.mean_pattern(), inputs.mask)
-        self.net = CCSTAENet(
-            inputs.size,
-            num_bases=self.config["num_bases"],
-            symmetry=sym,
-            max_strain=self.config["max_strain"],
-            width=self.config["width"],
-        ).to(dev)
         cfg = TrainConfig(
             epochs=self.config["epochs"],
             epoch_size=self.config["epoch_size"],
@@ -259,16 +276,64 @@ class CCSTAE:
             folder = Path(checkpoint).resolve().parent
             if not folder.is_dir():
                 raise ValueError(f"checkpoint: folder {str(folder)!r} does not exist")
-        self.history_ = fit_network(
-            self.net,
-            X,
-            mask,
-            cfg,
-            seed=seed,
-            progress=progress,
-            checkpoint=checkpoint,
-            resume=bool(resume),
-        )
+        # lock-on check: an encoder that never locked on ignores its input
+        # (constant output); then train again from a new initialisation
+        probe = X[np.linspace(0, len(X) - 1, min(len(X), SENSITIVITY_PATTERNS)).astype(int)]
+        attempts, best, first = [], None, 0
+        threshold = float(self.config["min_sensitivity"])
+
+        def locked(sens: dict) -> bool:  # min_sensitivity 0: no check
+            return threshold <= 0 or sens["mean"] >= threshold
+
+        if resume and checkpoint is not None and os.path.exists(checkpoint):
+            first = _checkpoint_attempt(checkpoint)
+        for attempt in range(first, 1 + max(first, int(self.config["retries"]))):
+            attempt_seed = seed + attempt * RETRY_SEED_STEP
+            t_attempt = time.perf_counter()
+            torch.manual_seed(attempt_seed)
+            net = CCSTAENet(
+                inputs.size,
+                num_bases=self.config["num_bases"],
+                symmetry=sym,
+                max_strain=self.config["max_strain"],
+                width=self.config["width"],
+            ).to(dev)
+            history = fit_network(
+                net,
+                X,
+                mask,
+                cfg,
+                seed=attempt_seed,
+                progress=progress,
+                checkpoint=checkpoint,
+                resume=bool(resume) and attempt == first,
+                attempt=attempt,
+            )
+            sens = encoder_sensitivity(net, probe)
+            attempts.append(
+                {
+                    "seed": attempt_seed,
+                    "epochs": len(history),
+                    "seconds": time.perf_counter() - t_attempt,
+                    "sensitivity": sens,
+                }
+            )
+            if best is None or sens["mean"] > best[2]["mean"]:
+                best = (net, history, sens)
+            if locked(sens):
+                break
+        self.net, self.history_, sensitivity = best
+        if not locked(sensitivity):
+            warnings.warn(
+                f"CCSTAE.fit: the encoder did not lock on in {len(attempts)} "
+                f"attempt(s) (sensitivity {sensitivity['mean']:.3f} < min_sensitivity "
+                f"{self.config['min_sensitivity']:g}); the strain map comes from the "
+                "per-pattern refinement alone and is less accurate. Try more "
+                "'retries', a larger 'coarse_sigma' or another seed "
+                "(docs/troubleshooting.md).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         bases = self.net.bases.detach().cpu().numpy()[:, 0]
         spots, radius, _ = find_spots(bases[0], inputs.mask)
         if spots is not None and self.config["refine"]:
@@ -298,6 +363,8 @@ class CCSTAE:
             "train_seconds": time.perf_counter() - t0,
             "epochs_run": len(self.history_),
             "final_loss": self.history_[-1]["loss"] if self.history_ else None,
+            "encoder_sensitivity": sensitivity,
+            "attempts": attempts,
         }
         return self
 
@@ -698,6 +765,17 @@ class CCSTAE:
 
 # ------------------------------------------------------- save/load helpers
 _EMD_DATA_GROUPS = ("node", "array", "pointlist", "pointlistarray", "custom")
+
+
+def _checkpoint_attempt(path) -> int:
+    """Lock-on attempt a training checkpoint belongs to (0 for older checkpoints)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file
+        raise ValueError(f"checkpoint: cannot read {str(path)!r} ({exc})") from None
+    if not isinstance(state, dict) or "net" not in state:
+        raise ValueError(f"checkpoint: {str(path)!r} is not a CCSTAE training checkpoint")
+    return int(state.get("attempt", 0))
 
 
 def _to_json(value) -> str:

@@ -16,7 +16,7 @@ from py4dstem_ccstae.cli import main
 PAPER_TEXT = Path("/work/shared/seed/ccstae-paper.txt")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: A tiny CC-ST-AE budget: these tests check the plumbing, not accuracy.
-TINY_MODEL = json.dumps({"epochs": 1, "refine": False})
+TINY_MODEL = json.dumps({"epochs": 1, "refine": False, "min_sensitivity": 0})
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,10 @@ def test_quick_benchmark_end_to_end(quick_run):
         assert all(np.isfinite(r[k]) for k in keys), r
         assert r["seconds"] > 0 and r["patterns_per_s"] > 0 and r["peak_rss_mb"] > 0
         assert r["theta_symmetry"] == (4 if r["case"] == "full rotation" else 1)
+        if r["method"] == "CC-ST-AE":  # lock-on record (check off: one attempt)
+            assert r["attempts"] == 1 and np.isfinite(r["sensitivity"])
+        else:
+            assert r["attempts"] is None and r["sensitivity"] is None  # NaN in JSON
     assert len(doc["ratios"]) == 5
     dyn = doc["settings"]["cases"]["dynamical"]
     assert dyn["dynamical"] and dyn["num_grains"] == 2

@@ -20,7 +20,9 @@ from py4dstem_ccstae.estimator import DEFAULT_CONFIG
 from py4dstem_ccstae.simulate import polycrystal
 
 SLICES = ["e_xx", "e_yy", "e_xy", "theta", "mask", "class", "error"]
+# 2 epochs do not lock on: no lock-on check (tested in test_model.py)
 FAST = ["--epochs", "2", "--refine-steps", "5", "--device", "cpu"]
+FAST += ["--set", "min_sensitivity=0"]
 ENV = {**os.environ, "MPLBACKEND": "Agg"}
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +54,7 @@ def fitted(scans):
 def test_fit_writes_strain_and_model_to_one_emd_file(fitted, scans):
     out, plot, text = fitted
     assert f"strain: {out}" in text and "model:" in text and "trained in" in text
+    assert "lock-on: 1 training attempt(s), encoder sensitivity" in text
     strain = py4DSTEM.read(str(out), datapath="ccstae/ccstae_strain")
     assert list(strain.slicelabels) == SLICES
     assert strain.data.shape == (7, 8, 8)

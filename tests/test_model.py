@@ -215,7 +215,9 @@ def test_strain_map_agrees_with_truth_and_py4dstem_strainmap(data, fitted):
 
 def test_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path):
     dc, _ = polycrystal(scan_shape=(6, 6), pattern_shape=(64, 64), num_grains=3, seed=1)
+    # a 4-epoch run does not lock on; the lock-on check is tested on its own
     kw = dict(size=32, epochs=4, batch_size=12, refine=False, coarse_epochs=1)
+    kw["min_sensitivity"] = 0.0
     full = CCSTAE(**kw).fit(dc, seed=0, progress=False, device="cpu")
     ckpt = tmp_path / "ckpt.pt"
     part = CCSTAE(**{**kw, "epochs": 2}).fit(
@@ -279,7 +281,8 @@ def test_pixel_losses():
 )
 def test_loss_options_train(options):
     dc, _ = polycrystal(scan_shape=(6, 6), pattern_shape=(64, 64), num_grains=3, seed=1)
-    kw = dict(size=32, epochs=2, batch_size=12, coarse_epochs=1, **options)
+    kw = dict(size=32, epochs=2, batch_size=12, coarse_epochs=1, min_sensitivity=0.0)
+    kw.update(options)
     model = CCSTAE(**kw).fit(dc, seed=0, progress=False, device="cpu")
     assert all(np.isfinite(h["loss"]) for h in model.history_)
     rs = model.strain_map(dc)
@@ -316,3 +319,84 @@ def test_loss_option_errors():
     ]:
         with pytest.raises(ValueError, match=match):
             CCSTAE(**bad)
+
+
+def test_encoder_sensitivity_separates_trained_from_collapsed(data, fitted):
+    from py4dstem_ccstae.model import CCSTAENet
+    from py4dstem_ccstae.train import SENSITIVITY_PROBES, encoder_sensitivity
+
+    dc, _, _ = data
+    X = torch.from_numpy(fitted._inputs(dc).to_array()[::4])
+    # a fresh network's heads are zero: its output ignores the input, like an
+    # encoder that never locked on
+    torch.manual_seed(0)
+    fresh = CCSTAENet(X.shape[-1], symmetry=4)
+    flat = encoder_sensitivity(fresh, X)
+    assert set(flat) == {*SENSITIVITY_PROBES, "mean"}
+    assert all(v == 0.0 for v in flat.values())
+    # the trained encoder follows known warps of its input
+    sens = encoder_sensitivity(fitted.net, X)
+    assert sens["rotation"] > 0.3 and sens["mean"] > 0.1
+    attempts = fitted.fitted_["attempts"]
+    assert fitted.fitted_["encoder_sensitivity"] == attempts[-1]["sensitivity"]
+    assert attempts[-1]["sensitivity"]["mean"] > 0.1
+    assert attempts[-1]["epochs"] == len(fitted.history_)
+    # (this 6-epoch run locks on at seed 1000, not at seed 0: short runs are
+    # where the check matters most)
+    assert [a["seed"] for a in attempts] == [1000 * k for k in range(len(attempts))]
+    assert all(a["sensitivity"]["mean"] < 0.1 for a in attempts[:-1])
+
+
+def test_failed_lock_on_retries_with_new_seeds_and_warns(monkeypatch, tmp_path):
+    import py4dstem_ccstae.estimator as est
+
+    dc, _ = polycrystal(scan_shape=(6, 6), pattern_shape=(64, 64), num_grains=3, seed=1)
+    kw = dict(size=32, epochs=2, batch_size=12, refine=False, coarse_epochs=1)
+    seeds = []
+    # stand-in check: attempts 0 and 1 "fail", attempt 2 passes
+    scores = {7: 0.01, 1007: 0.05, 2007: 0.5}
+
+    def fake(net, X):
+        return {"mean": scores[seeds[-1]]}
+
+    real_fit_network = est.fit_network
+
+    def spy(*args, seed, **kwargs):
+        seeds.append(seed)
+        return real_fit_network(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(est, "encoder_sensitivity", fake)
+    monkeypatch.setattr(est, "fit_network", spy)
+    model = CCSTAE(**kw).fit(dc, seed=7, progress=False, device="cpu")
+    assert seeds == [7, 1007, 2007]
+    assert [a["seed"] for a in model.fitted_["attempts"]] == seeds
+    assert model.fitted_["encoder_sensitivity"]["mean"] == 0.5
+    # the kept network is the last attempt's: same as training seed 2007 once
+    once = CCSTAE(**kw, retries=0, min_sensitivity=0.0)
+    once.fit(dc, seed=2007, progress=False, device="cpu")
+    for k, v in once.net.state_dict().items():
+        torch.testing.assert_close(model.net.state_dict()[k], v, rtol=0, atol=0)
+
+    # none passes: the most sensitive is kept, with a warning naming the fix
+    seeds.clear()
+    scores = {7: 0.05, 1007: 0.02}
+    with pytest.warns(RuntimeWarning, match="did not lock on in 2 attempt.*retries"):
+        model = CCSTAE(**kw, retries=1).fit(dc, seed=7, progress=False, device="cpu")
+    assert seeds == [7, 1007] and model.fitted_["encoder_sensitivity"]["mean"] == 0.05
+
+    # a checkpoint remembers its attempt: resuming continues that attempt
+    seeds.clear()
+    scores = {7: 0.01, 1007: 0.5}
+    ckpt = tmp_path / "c.pt"
+    CCSTAE(**kw).fit(dc, seed=7, progress=False, device="cpu", checkpoint=ckpt)
+    assert seeds == [7, 1007] and torch.load(ckpt, weights_only=True)["attempt"] == 1
+    seeds.clear()
+    resumed = CCSTAE(**kw).fit(
+        dc, seed=7, progress=False, device="cpu", checkpoint=ckpt, resume=True
+    )
+    assert seeds == [1007] and resumed.fitted_["attempts"][0]["seed"] == 1007
+    with pytest.raises(ValueError, match="checkpoint"):
+        (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+        CCSTAE(**kw).fit(
+            dc, progress=False, device="cpu", checkpoint=tmp_path / "junk.pt", resume=True
+        )
