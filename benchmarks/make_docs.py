@@ -8,7 +8,8 @@ Every table on the page is copied from a result file written by a benchmark
 command (``docs/benchmark_results/``); the prose comes from
 ``benchmarks/benchmarks_template.md`` and the interpretation of the current
 results from ``benchmarks/benchmarks_reading.md`` (comparison) and
-``benchmarks/speed_reading.md`` (speed and memory). ``tests/test_docs.py`` checks that the
+``benchmarks/<name>_reading.md`` for ``speed`` (speed and memory), ``crlb``
+(Cramer-Rao bound) and ``refine_size``. ``tests/test_docs.py`` checks that the
 committed page equals what this script produces, so no number is typed by
 hand.
 """
@@ -54,8 +55,10 @@ def render() -> str:
     text = TEMPLATE.read_text()
     reading = ROOT / "benchmarks" / "benchmarks_reading.md"
     text = text.replace("{{reading}}", reading.read_text().strip())
-    speed = ROOT / "benchmarks" / "speed_reading.md"
-    text = text.replace("{{speed_reading}}", speed.read_text().strip())
+    for name in ("speed", "crlb", "refine_size"):
+        path = ROOT / "benchmarks" / f"{name}_reading.md"
+        body = path.read_text().strip() if path.exists() else ""
+        text = text.replace(f"{{{{{name}_reading}}}}", body)
     text = text.replace("{{simulate_speed}}", _simulate_speed_table())
     return re.sub(r"\{\{file:([\w.\-]+)\}\}", lambda m: _file(m.group(1)), text)
 

@@ -639,6 +639,49 @@ class DiffractionInputs:
             off = 0.0
         return float(rc[ih] + (j + 0.5 + off) * step)
 
+    def resized(self, size: int) -> DiffractionInputs:
+        """The same patterns at another output ``size``.
+
+        Same data, scan, origin, detector matrix, field of view (``q_max``),
+        ring (its :attr:`mask` recomputed on the new grid) and intensity
+        scaling, including :attr:`intensity_scale`: resampled values are
+        area averages of detector pixels, so they do not depend on the output
+        size, and patterns at both sizes are on one intensity scale. No pass
+        over the data is made; :attr:`mean_resampled` of the result is None.
+
+        Output pixel ``k`` is centred at ``q = (k - (size - 1) / 2) * dq`` at
+        every size, so pixel offsets from the centre scale exactly by
+        ``size / self.size`` and a lattice transform about ``q = 0`` is the
+        same matrix at both sizes.
+        """
+        size = _check_int(size, "size", 16, 512)
+        new = DiffractionInputs(
+            self._data,
+            scan_shape=self.scan_shape,
+            origin=self.origin,
+            C=self.detector_matrix,
+            size=size,
+            q_max=self.q_max,
+            units=self.units,
+            batch_size=self.batch_size,
+        )
+        for name in (
+            "origin_measured",
+            "scaling",
+            "power",
+            "log_reference",
+            "intensity_scale",
+            "ring",
+            "ring_source",
+            "direct_beam_radius",
+            "bragg_peaks",
+        ):
+            setattr(new, name, getattr(self, name))
+        r = np.hypot(new._q[..., 0], new._q[..., 1])
+        new.mask = (r >= new.ring[0]) & (r <= new.ring[1])
+        new.mean_resampled = None
+        return new
+
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
         return self.n_patterns

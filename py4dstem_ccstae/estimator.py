@@ -50,6 +50,7 @@ DEFAULT_CONFIG = dict(
     lr=2e-3,
     refine=True,
     refine_steps=6,
+    refine_size=None,
     mask_schedule=False,
     coarse_sigma=3.0,
     coarse_epochs=6,
@@ -165,6 +166,10 @@ class CCSTAE:
             raise ValueError(f"symmetry must be 'auto' or a positive int, got {sym!r}")
         for name, (integer, low, low_open) in _NUMERIC_OPTIONS.items():
             _check_option(name, self.config[name], integer, low, low_open)
+        rs = self.config["refine_size"]
+        integral = isinstance(rs, numbers.Integral) and not isinstance(rs, bool)
+        if rs is not None and not (integral and 16 <= rs <= 512):
+            raise ValueError(f"refine_size must be None or an int in [16, 512], got {rs!r}")
         if self.config["width"] % 4:
             raise ValueError(f"width must be a multiple of 4, got {self.config['width']}")
         if self.config["loss"] not in LOSSES:
@@ -338,16 +343,23 @@ class CCSTAE:
         spots, radius, _ = find_spots(bases[0], inputs.mask)
         if spots is not None and self.config["refine"]:
             # spot patches of the bases, re-estimated from the aligned
-            # training patterns (spotfit module docs)
-            sub = X[: min(len(X), REALIGN_PATTERNS)]
-            enc = encode(self.net, sub)
+            # training patterns (spotfit module docs), at the refinement's size
+            n_sub = min(len(X), REALIGN_PATTERNS)
+            enc = encode(self.net, X[:n_sub])
+            rsize = int(self.config["refine_size"] or inputs.size)
+            f = rsize / inputs.size
+            if rsize == inputs.size:
+                sub, bases = X[:n_sub], self.net.bases
+            else:
+                sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[:n_sub]))
+                bases = _resize_bases(self.net.bases, rsize)
             out = refine_spots(
                 sub,
-                base_patches(self.net.bases, spots, radius),
+                base_patches(bases, spots * f, radius * f),
                 enc["cls"],
                 enc["A"],
-                spots,
-                radius,
+                spots * f,
+                radius * f,
                 iterations=int(self.config["refine_steps"]),
                 realign=True,
             )
@@ -405,10 +417,17 @@ class CCSTAE:
         spots, spot_mask = self._spot_mask(inputs.size, inputs.mask)
         patches = getattr(self.net, "spot_patches", None)
         do_refine = bool(do_refine) and spots is not None
+        # the refinement may work on larger patterns than the encoder
+        # (refine_size): same field of view, spot offsets scaled by f
+        rsize = int(self.config["refine_size"] or inputs.size)
+        f = rsize / inputs.size
+        fine = inputs if rsize == inputs.size else inputs.resized(rsize)
+        if do_refine:
+            r_spots = spots.numpy() * f
+            r_radius = float(self.fitted_["spot_radius"]) * f
         if do_refine and patches is None:  # a model fitted with refine=False
-            patches = base_patches(
-                self.net.bases, spots.numpy(), self.fitted_["spot_radius"]
-            )
+            bases = self.net.bases if f == 1 else _resize_bases(self.net.bases, rsize)
+            patches = base_patches(bases, r_spots, r_radius)
         N = inputs.n_patterns
         A = torch.empty(N, 2, 2, dtype=torch.float64)
         cls = torch.empty(N, dtype=torch.long)
@@ -420,12 +439,12 @@ class CCSTAE:
             Ab = enc["A"].to(torch.float64)
             if do_refine:
                 out = refine_spots(
-                    X,
+                    X if fine is inputs else torch.from_numpy(fine.batch(idx)),
                     patches.to(dev),
                     enc["cls"],
                     Ab,
-                    spots.numpy(),
-                    float(self.fitted_["spot_radius"]),
+                    r_spots,
+                    r_radius,
                     iterations=int(self.config["refine_steps"]),
                 )
                 Ab, err = out["A"], out["error"]
@@ -765,6 +784,19 @@ class CCSTAE:
 
 # ------------------------------------------------------- save/load helpers
 _EMD_DATA_GROUPS = ("node", "array", "pointlist", "pointlistarray", "custom")
+
+
+def _resize_bases(bases: torch.Tensor, size: int) -> torch.Tensor:
+    """Bases ``(K, 1, S, S)`` resampled to ``(K, 1, size, size)`` (bicubic).
+
+    ``align_corners=False``: pixel centres at ``(k + 1/2) / S`` of the same
+    field of view at both sizes (the adapters' grid). Only a starting point:
+    the refinement's spot patches are then re-estimated from data.
+    """
+    with torch.no_grad():
+        return torch.nn.functional.interpolate(
+            bases.detach(), size=(size, size), mode="bicubic", align_corners=False
+        )
 
 
 def _checkpoint_attempt(path) -> int:

@@ -426,3 +426,29 @@ def test_strain_maps_honour_calibration(plain, distorted):
     # and both are right (the ground truth is the same sample)
     for k in ("e_xx", "e_yy", "e_xy"):
         assert np.mean(np.abs(a.get_slice(k).data - plain[1].get_slice(k).data)) < 1e-3
+
+
+def test_resized_keeps_geometry_and_intensity_scale(distorted):
+    import torch
+
+    dc, _ = distorted
+    lo = DiffractionInputs.from_datacube(dc, q_max=Q_MAX, ring=RING, size=32)
+    hi = lo.resized(64)
+    assert hi.size == 64 and hi.mask.shape == (64, 64) and hi.mean_resampled is None
+    for name in ("q_max", "ring", "scaling", "intensity_scale", "scan_shape", "units"):
+        assert getattr(hi, name) == getattr(lo, name), name
+    np.testing.assert_array_equal(hi.origin, lo.origin)
+    # same field of view and intensity scale: 2x2 means of the larger
+    # patterns are the smaller ones (linear scaling; area averages)
+    lin = _inputs(dc, size=32)  # linear scaling
+    idx = np.arange(6)
+    small = lin.batch(idx)
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(lin.resized(64).batch(idx)), 2)
+    assert _rel_l1(small, pooled.numpy(), lin.mask) < 0.02
+    # the ring covers the same radii at both sizes
+    r_lo = np.hypot(*lo.q_vectors().transpose(2, 0, 1))
+    r_hi = np.hypot(*hi.q_vectors().transpose(2, 0, 1))
+    assert r_hi[hi.mask].min() == pytest.approx(r_lo[lo.mask].min(), abs=lo.dq)
+    assert r_hi[hi.mask].max() == pytest.approx(r_lo[lo.mask].max(), abs=lo.dq)
+    with pytest.raises(ValueError, match="size"):
+        lo.resized(8)

@@ -400,3 +400,35 @@ def test_failed_lock_on_retries_with_new_seeds_and_warns(monkeypatch, tmp_path):
         CCSTAE(**kw).fit(
             dc, progress=False, device="cpu", checkpoint=tmp_path / "junk.pt", resume=True
         )
+
+
+def test_refine_size_refines_on_larger_patterns(data, fitted, tmp_path):
+    from py4dstem_ccstae.spotfit import patch_size
+
+    dc, truth, ref = data
+    model = CCSTAE(**FAST, refine_size=96).fit(dc, seed=0, progress=False, device="cpu")
+    # training is untouched (same network as the fixture's), only the
+    # refinement's spot patches are at 96 px: radius and offsets scaled by 2
+    torch.testing.assert_close(model.net.bases, fitted.net.bases, rtol=0, atol=0)
+    P = patch_size(2 * model.fitted_["spot_radius"])
+    assert tuple(model.net.spot_patches.shape[-2:]) == (P, P)
+    assert fitted.net.spot_patches.shape[-1] < P
+    a = fitted.strain_map(dc, reference=ref)
+    b = model.strain_map(dc, reference=ref)
+    for k in ("e_xx", "e_yy", "e_xy"):
+        est, tru = b.get_slice(k).data, truth.get_slice(k).data
+        assert np.mean(np.abs(est - tru)) < 3e-3, k
+        assert np.mean(np.abs(est - a.get_slice(k).data)) < 1e-3, k
+    loaded = CCSTAE.load(model.save(tmp_path / "m.h5"))
+    assert loaded.config["refine_size"] == 96
+    np.testing.assert_array_equal(loaded.predict(dc)["A"], model.predict(dc)["A"])
+    # a model fitted without refinement refines on request from its
+    # resampled bases (no spot patches stored)
+    plain = CCSTAE(**{**FAST, "refine": False}, refine_size=96)
+    plain.fit(dc, seed=0, progress=False, device="cpu")
+    assert getattr(plain.net, "spot_patches", None) is None
+    c = plain.strain_map(dc, reference=ref, refine_transforms=True)
+    assert np.mean(np.abs(c.get_slice("e_xx").data - truth.get_slice("e_xx").data)) < 3e-3
+    for bad in (8, 1000, 1.5, True, "96"):
+        with pytest.raises(ValueError, match="refine_size"):
+            CCSTAE(refine_size=bad)
