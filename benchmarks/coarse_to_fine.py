@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -102,36 +99,16 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import subprocess
+    from _meta import run_meta, write
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", type=float, nargs="+", default=[50.0, 70.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default="docs/benchmark_results", help="output folder")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        git = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        git = "unknown"
-    import torch
-
-    rows = run(args.levels, args.seeds)
-    result = {
-        "command": "python benchmarks/coarse_to_fine.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
-        "git": git or "unknown",
-        "threads": torch.get_num_threads(),
-        "rows": rows,
-    }
-    (out / "coarse_to_fine.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "coarse_to_fine.md").write_text(markdown(result))
+    meta = run_meta("coarse_to_fine.py", argv)
+    result = {**meta, "rows": run(args.levels, args.seeds)}
+    write(Path(args.out), "coarse_to_fine", result, markdown(result))
     return 0
 
 

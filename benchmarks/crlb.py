@@ -39,10 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +162,8 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from _meta import run_meta, write
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--positions", type=int, default=40, help="scan positions averaged")
     ap.add_argument("--out", default="docs/benchmark_results", help="output folder")
@@ -191,19 +189,14 @@ def main(argv=None) -> int:
                 }
             )
     result = {
-        "command": "python benchmarks/crlb.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
+        **run_meta("crlb.py", argv),
         "positions": args.positions,
         "benchmark_git": bench.get("meta", {})
         .get("versions", {})
         .get("git_commit", "unknown"),
         "rows": rows,
     }
-    (out / "crlb.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "crlb.md").write_text(markdown(result))
+    write(out, "crlb", result, markdown(result))
     print(markdown(result))
     return 0
 

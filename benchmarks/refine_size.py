@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -99,7 +96,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import subprocess
+    from _meta import run_meta, write
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", type=float, nargs="+", default=[50.0, 70.0])
@@ -107,30 +104,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="docs/benchmark_results", help="output folder")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        git = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        git = "unknown"
-    import torch
-
+    meta = run_meta("refine_size.py", argv)
     rows = run(args.levels, args.sizes, args.repeats)
-    result = {
-        "command": "python benchmarks/refine_size.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
-        "git": git or "unknown",
-        "threads": torch.get_num_threads(),
-        "repeats": args.repeats,
-        "rows": rows,
-    }
-    (out / "refine_size.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "refine_size.md").write_text(markdown(result))
+    result = {**meta, "repeats": args.repeats, "rows": rows}
+    write(Path(args.out), "refine_size", result, markdown(result))
     return 0
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -226,12 +225,10 @@ def main(argv=None) -> int:
         print(json.dumps(speed, indent=1), flush=True)
         memory = _memory(args.big, model_path, tmp)
 
+    from _meta import run_meta
+
     result = {
-        "command": "python benchmarks/speed_memory.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
+        **run_meta("speed_memory.py", argv),
         "versions": {
             "py4dstem_ccstae": __version__,
             "py4DSTEM": py4DSTEM.__version__,

@@ -1,0 +1,86 @@
+"""The standalone benchmark scripts: shared metadata and the Cramer-Rao bound."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _meta
+        import coarse_to_fine
+        import crlb
+        import refine_size
+
+        yield {"meta": _meta, "crlb": crlb, "refine": refine_size, "c2f": coarse_to_fine}
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_run_meta_and_write(scripts, tmp_path):
+    meta = scripts["meta"].run_meta("x.py", ["--a", "1"])
+    assert meta["command"] == "python benchmarks/x.py --a 1"
+    assert {"date", "machine", "git", "threads"} <= set(meta)
+    scripts["meta"].write(tmp_path / "o", "x", {"k": 1}, "# x\n")
+    assert json.loads((tmp_path / "o" / "x.json").read_text()) == {"k": 1}
+    assert (tmp_path / "o" / "x.md").read_text() == "# x\n"
+
+
+def test_cramer_rao_bound_behaves(scripts, tmp_path):
+    crlb = scripts["crlb"]
+    b = crlb.bounds([25.0, 50.0, 70.0], positions=3)
+    for c in crlb.COMPONENTS:
+        det = [b[lv]["detector"][c] for lv in (25.0, 50.0, 70.0)]
+        binned = [b[lv]["binned_2x2"][c] for lv in (25.0, 50.0, 70.0)]
+        assert det == sorted(det) and 1e-4 < det[0] < 2e-3, c  # more noise, larger
+        assert all(d < s for d, s in zip(det, binned, strict=True)), c  # binning loses
+    # Poisson: for the same pattern, the signal counts scale with (1 - w),
+    # so the bound grows at least like 1 / sqrt(1 - w)
+    r = b[70.0]["detector"]["e_xx"] / b[25.0]["detector"]["e_xx"]
+    assert r > (0.75 / 0.3) ** 0.5
+    # main: bound beside the measured MAE of a benchmark.json
+    bench = {
+        "meta": {"versions": {"git_commit": "abc"}},
+        "settings": {"noise_levels": [0.0, 50.0]},
+        "rows": [
+            {
+                "case": "noise sweep",
+                "noise": 50.0,
+                "method": m,
+                **{f"mae_{c}": v for c in crlb.COMPONENTS},
+            }
+            for m, v in (("CC-ST-AE", 6e-4), ("py4DSTEM", 1.2e-3))
+        ],
+    }
+    (tmp_path / "benchmark.json").write_text(json.dumps(bench))
+    assert crlb.main(["--positions", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "crlb.json").read_text())["rows"]
+    assert [r["noise"] for r in rows] == [50.0] * 3
+    assert rows[0]["ccstae"] == 6e-4 and rows[0]["py4dstem"] == 1.2e-3
+    md = (tmp_path / "crlb.md").read_text()
+    assert "| 50 | e_xx |" in md and "(git abc)" in md
+
+
+def test_markdown_tables(scripts):
+    row = dict(noise=50.0, mae_e_xx=6e-4, mae_e_yy=6e-4, mae_e_xy=4e-4, mae_theta_deg=0.03)
+    res = dict(command="c", date="d", machine="m", threads=2, git="g", repeats=3)
+    md = scripts["refine"].markdown(
+        {
+            **res,
+            "rows": [
+                {**row, "refine_size": 128, "predict_s": 9.0, "patterns_per_s": 455.0}
+            ],
+        }
+    )
+    assert "| 50 | 128 | 0.600 | 0.600 | 0.400 | 0.030 | 9.0 | 455 |" in md
+    c2f = {"seed": 0, "coarse_sigma": 3.0, "epochs": 12, "fit_s": 80.0, "sensitivity": 0.3}
+    for tag in ("encoder", "refined"):
+        c2f.update({f"{tag}_{k}": v for k, v in row.items() if k != "noise"})
+    md = scripts["c2f"].markdown({**res, "rows": [{**row, **c2f}]})
+    assert "| 50 | 0 | 3 | 12 | 80 | 0.300 |" in md
