@@ -215,6 +215,10 @@ The CC-ST-AE trains on the same DataCube. `fit_strain(datacube,
 reference=reference, **options)` does the same in one call; the estimator
 object keeps the model, its training history and what it fitted. Fewer epochs
 than the default keep this notebook short; every other option is the default.
+After training, `fit` checks that the encoder follows known warps of its input
+(its "sensitivity"; an encoder that never locked on scores about 0) and trains
+again from a new initialisation if it does not; `fitted_["attempts"]` records
+every attempt.
 """
     ),
     _code(
@@ -228,6 +232,10 @@ print(
     f"CC-ST-AE: {time.perf_counter() - t0:.1f} s, {fitted['epochs_run']} epochs, "
     f"detected symmetry {fitted['symmetry']}, "
     f"{len(fitted['spots'] or [])} spots found on the base"
+)
+print(
+    f"lock-on: {len(fitted['attempts'])} attempt(s), encoder sensitivity "
+    f"{fitted['encoder_sensitivity']['mean']:.2f}"
 )
 print("slices:", strain_ccstae.slicelabels)
 
