@@ -9,9 +9,9 @@ command (``docs/benchmark_results/``); the prose comes from
 ``benchmarks/benchmarks_template.md`` and the interpretation of the current
 results from ``benchmarks/benchmarks_reading.md`` (comparison) and
 ``benchmarks/<name>_reading.md`` for ``speed`` (speed and memory), ``crlb``
-(Cramer-Rao bound) and ``refine_size``. ``tests/test_docs.py`` checks that the
-committed page equals what this script produces, so no number is typed by
-hand.
+(Cramer-Rao bound) and ``refinement`` (refinement options).
+``tests/test_docs.py`` checks that the committed page equals what this script
+produces, so no number is typed by hand.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def render() -> str:
     text = TEMPLATE.read_text()
     reading = ROOT / "benchmarks" / "benchmarks_reading.md"
     text = text.replace("{{reading}}", reading.read_text().strip())
-    for name in ("speed", "crlb", "refine_size"):
+    for name in ("speed", "crlb", "refinement"):
         path = ROOT / "benchmarks" / f"{name}_reading.md"
         body = path.read_text().strip() if path.exists() else ""
         text = text.replace(f"{{{{{name}_reading}}}}", body)

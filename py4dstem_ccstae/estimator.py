@@ -29,7 +29,7 @@ from .affine import STRAIN_KEYS, LatticeTransform
 from .io import OutputExistsError, atomic_write, is_emd_file
 from .losses import LOSSES
 from .model import CCSTAENet
-from .spotfit import base_patches, find_spots, refine_spots
+from .spotfit import base_patches, find_spots, refine_spots, static_background
 from .train import TrainConfig, encode, encoder_sensitivity, fit_network, resolve_device
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
@@ -51,6 +51,7 @@ DEFAULT_CONFIG = dict(
     refine=True,
     refine_steps=6,
     refine_size=None,
+    background="none",
     mask_schedule=False,
     coarse_sigma=3.0,
     coarse_epochs=6,
@@ -94,6 +95,9 @@ def _check_option(name: str, value, integer: bool, low: float, low_open: bool) -
     except TypeError:
         raise ValueError(f"{name} must be a number, got {value!r}") from None
 
+
+#: Static-background models of the refinement (option ``background``).
+BACKGROUNDS = ("none", "radial")
 
 #: Largest training set; larger scans train on a fixed random subset.
 MAX_TRAIN_PATTERNS = 16384
@@ -170,6 +174,9 @@ class CCSTAE:
         integral = isinstance(rs, numbers.Integral) and not isinstance(rs, bool)
         if rs is not None and not (integral and 16 <= rs <= 512):
             raise ValueError(f"refine_size must be None or an int in [16, 512], got {rs!r}")
+        bg = self.config["background"]
+        if bg not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {bg!r}")
         if self.config["width"] % 4:
             raise ValueError(f"width must be a multiple of 4, got {self.config['width']}")
         if self.config["loss"] not in LOSSES:
@@ -353,6 +360,14 @@ class CCSTAE:
             else:
                 sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[:n_sub]))
                 bases = _resize_bases(self.net.bases, rsize)
+            background = None
+            if self.config["background"] == "radial":
+                mean = sub.mean(0).numpy()
+                background = torch.from_numpy(
+                    static_background(mean, spots * f, radius * f)
+                )
+                bases = bases - background
+                self.net.set_refine_background(background)
             out = refine_spots(
                 sub,
                 base_patches(bases, spots * f, radius * f),
@@ -362,6 +377,7 @@ class CCSTAE:
                 radius * f,
                 iterations=int(self.config["refine_steps"]),
                 realign=True,
+                background=background,
             )
             self.net.set_spot_patches(out["patches"])
         self.fitted_ = {
@@ -425,9 +441,12 @@ class CCSTAE:
         if do_refine:
             r_spots = spots.numpy() * f
             r_radius = float(self.fitted_["spot_radius"]) * f
+        # static background: stored by fit (background="radial" and refine)
+        background = getattr(self.net, "refine_background", None)
         if do_refine and patches is None:  # a model fitted with refine=False
             bases = self.net.bases if f == 1 else _resize_bases(self.net.bases, rsize)
             patches = base_patches(bases, r_spots, r_radius)
+            background = None
         N = inputs.n_patterns
         A = torch.empty(N, 2, 2, dtype=torch.float64)
         cls = torch.empty(N, dtype=torch.long)
@@ -446,6 +465,7 @@ class CCSTAE:
                     r_spots,
                     r_radius,
                     iterations=int(self.config["refine_steps"]),
+                    background=background,
                 )
                 Ab, err = out["A"], out["error"]
             else:
@@ -622,6 +642,8 @@ class CCSTAE:
         )
         if "spot_patches" in state:
             obj.net.set_spot_patches(torch.zeros_like(state["spot_patches"]))
+        if "refine_background" in state:
+            obj.net.set_refine_background(torch.zeros_like(state["refine_background"]))
         obj.net.load_state_dict(state)
         obj.net.to(dev)
         return obj

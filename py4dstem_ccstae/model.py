@@ -143,6 +143,18 @@ class CCSTAENet(nn.Module):
         else:
             self.register_buffer("spot_patches", patches)
 
+    def set_refine_background(self, background: torch.Tensor) -> None:
+        """Store the static background (S', S') of the refinement's inputs.
+
+        Buffer ``refine_background`` (:func:`~py4dstem_ccstae.spotfit.static_background`),
+        saved and loaded with the state dict.
+        """
+        background = background.detach().to(self.bases.device, torch.float32)
+        if "refine_background" in self._buffers:
+            self._buffers["refine_background"] = background
+        else:
+            self.register_buffer("refine_background", background)
+
     @property
     def rotation_period(self) -> float:
         """Rotation period in radians (``2 pi / symmetry``)."""

@@ -16,9 +16,9 @@ def scripts():
         import _meta
         import coarse_to_fine
         import crlb
-        import refine_size
+        import refinement
 
-        yield {"meta": _meta, "crlb": crlb, "refine": refine_size, "c2f": coarse_to_fine}
+        yield {"meta": _meta, "crlb": crlb, "refine": refinement, "c2f": coarse_to_fine}
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
 
@@ -74,11 +74,20 @@ def test_markdown_tables(scripts):
         {
             **res,
             "rows": [
-                {**row, "refine_size": 128, "predict_s": 9.0, "patterns_per_s": 455.0}
+                {
+                    **row,
+                    "variant": "refine_size=128",
+                    "predict_s": 9.0,
+                    "patterns_per_s": 455.0,
+                }
             ],
         }
     )
-    assert "| 50 | 128 | 0.600 | 0.600 | 0.400 | 0.030 | 9.0 | 455 |" in md
+    assert "| 50 | refine_size=128 | 0.600 | 0.600 | 0.400 | 0.030 | 9.0 | 455 |" in md
+    assert scripts["refine"]._label({}) == "defaults"
+    assert scripts["refine"]._label({"refine_size": 128, "background": "radial"}) == (
+        "refine_size=128, background=radial"
+    )
     c2f = {"seed": 0, "coarse_sigma": 3.0, "epochs": 12, "fit_s": 80.0, "sensitivity": 0.3}
     for tag in ("encoder", "refined"):
         c2f.update({f"{tag}_{k}": v for k, v in row.items() if k != "noise"})

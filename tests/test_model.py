@@ -432,3 +432,61 @@ def test_refine_size_refines_on_larger_patterns(data, fitted, tmp_path):
     for bad in (8, 1000, 1.5, True, "96"):
         with pytest.raises(ValueError, match="refine_size"):
             CCSTAE(refine_size=bad)
+
+
+def test_static_background_removes_a_halo_the_spots_move_over():
+    from py4dstem_ccstae.spotfit import static_background
+
+    S = 64
+    g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
+    r = np.hypot(*g.T)
+    g = g[(r > 6) & (r < 28)]
+    c = (S - 1) / 2
+    yy, xx = np.mgrid[:S, :S] - c
+    halo = 3.0 / (1.0 + (yy**2 + xx**2) / 60.0)  # static, steep under the spots
+    base = _render(S, g, np.eye(2), 1.5)
+    spots = spot_centres(base, np.round(g), 4.0)
+    # the estimate is the halo, also under the spots (they are excluded)
+    est = static_background(base + halo, spots, 4.0)
+    assert np.abs(est - halo)[np.hypot(yy, xx) > 5].max() < 0.05
+
+    rng = np.random.default_rng(2)
+    truth = [(0, 0, 0, 0.05), (0, 0, 0, -0.05)]
+    truth += [tuple(rng.uniform(-0.02, 0.02, 3)) + (0.05,) for _ in range(4)]
+    A = np.stack([LatticeTransform.from_strain(*t).params for t in truth])
+    X = torch.tensor(
+        np.stack([_render(S, g, a, 1.5) + halo for a in A]), dtype=torch.float32
+    )
+    bg = torch.tensor(est)
+    cls = torch.zeros(len(A), dtype=torch.long)
+    errors = {}
+    for name, kw, patches_of in (
+        ("none", {}, base + halo),
+        ("radial", {"background": bg}, base + halo - est),
+    ):
+        P = base_patches(
+            torch.tensor(patches_of, dtype=torch.float32)[None, None], spots, 4.0
+        )
+        out = refine_spots(X, P, cls, torch.tensor(A), spots, 4.0, **kw)
+        got = [LatticeTransform(a.numpy()).strain()["theta"] for a in out["A"]]
+        errors[name] = max(abs(gt - t[3]) for gt, t in zip(got, truth, strict=True))
+    # the static halo pulls the spots back towards no rotation unless removed
+    assert errors["none"] > 5 * errors["radial"]
+    assert errors["radial"] < 2e-4
+
+
+def test_background_option_round_trip(data, tmp_path):
+    dc, truth, ref = data
+    model = CCSTAE(**FAST, background="radial").fit(
+        dc, seed=0, progress=False, device="cpu"
+    )
+    bg = model.net.refine_background
+    assert tuple(bg.shape) == (FAST["size"], FAST["size"])
+    rs = model.strain_map(dc, reference=ref)
+    for k in ("e_xx", "e_yy", "e_xy"):
+        assert np.mean(np.abs(rs.get_slice(k).data - truth.get_slice(k).data)) < 3e-3, k
+    loaded = CCSTAE.load(model.save(tmp_path / "m.h5"))
+    torch.testing.assert_close(loaded.net.refine_background, bg, rtol=0, atol=0)
+    np.testing.assert_array_equal(loaded.predict(dc)["A"], model.predict(dc)["A"])
+    with pytest.raises(ValueError, match="background"):
+        CCSTAE(background="median")

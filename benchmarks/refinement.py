@@ -1,21 +1,22 @@
-"""Accuracy and speed of the refinement at larger sizes (``refine_size``).
+"""Accuracy and speed of the refinement options (``refine_size``, ``background``).
 
 Run from the repository root::
 
-    python benchmarks/refine_size.py [--levels 50 70] [--sizes 0 96 128] [--repeats 3]
+    python benchmarks/refinement.py [--levels 50 70] [--variants JSON] [--repeats 3]
 
 On the benchmark's noise-sweep data (``polycrystal(scan_shape=(64, 64),
 pattern_shape=(128, 128), seed=0)`` with ``add_background_noise(level,
-seed=0)``), trains ``CCSTAE(refine_size=r)`` for every ``r`` in ``--sizes``
-(0: the default, refinement at the encoder's ``size=64``) with training seed
-0. ``refine_size`` changes only what happens after training, so every ``r``
-trains the same network (checked: the bases must be identical). Reports, side
-by side in one run: the MAE of the strain map against the simulation's truth
-(reference = zero-strain grain, as in the benchmark) and the median over
-``--repeats`` runs of the prediction time of the whole 64x64 scan
-(``strain_map``, refinement included), as patterns per second.
+seed=0)``), trains ``CCSTAE(**variant)`` for every variant (a JSON list of
+option dicts; default: the defaults, ``refine_size`` 96 and 128,
+``background="radial"``, and both) with training seed 0. These options change
+only what happens after training, so every variant trains the same network
+(checked: the bases must be identical). Reports, side by side in one run:
+the MAE of the strain map against the simulation's truth (reference =
+zero-strain grain, as in the benchmark) and the median over ``--repeats``
+runs of the prediction time of the whole 64x64 scan (``strain_map``,
+refinement included), as patterns per second.
 
-Writes ``refine_size.json`` and ``refine_size.md`` to ``--out``.
+Writes ``refinement.json`` and ``refinement.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,20 @@ from pathlib import Path
 KEYS = ("mae_e_xx", "mae_e_yy", "mae_e_xy", "mae_theta_deg")
 
 
-def run(levels, sizes, repeats: int) -> list[dict]:
+DEFAULT_VARIANTS = [
+    {},
+    {"refine_size": 96},
+    {"refine_size": 128},
+    {"background": "radial"},
+    {"refine_size": 128, "background": "radial"},
+]
+
+
+def _label(variant: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in variant.items()) or "defaults"
+
+
+def run(levels, variants, repeats: int) -> list[dict]:
     import numpy as np
     import torch
 
@@ -44,12 +58,12 @@ def run(levels, sizes, repeats: int) -> list[dict]:
     for level in levels:
         dc = add_background_noise(clean, level, seed=0) if level else clean
         bases = None
-        for size in sizes:
-            model = CCSTAE(refine_size=size or None).fit(dc, seed=0, progress=False)
+        for variant in variants:
+            model = CCSTAE(**variant).fit(dc, seed=0, progress=False)
             if bases is None:
                 bases = model.net.bases.detach().clone()
             elif not torch.equal(bases, model.net.bases.detach()):
-                raise RuntimeError("refine_size changed training: the comparison is void")
+                raise RuntimeError(f"{variant} changed training: the comparison is void")
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -58,7 +72,7 @@ def run(levels, sizes, repeats: int) -> list[dict]:
             e = strain_errors(rs, truth)
             row = {
                 "noise": level,
-                "refine_size": size or model.config["size"],
+                "variant": _label(variant),
                 "attempts": len(model.fitted_["attempts"]),
                 "predict_s": statistics.median(times),
                 "patterns_per_s": n / statistics.median(times),
@@ -71,25 +85,24 @@ def run(levels, sizes, repeats: int) -> list[dict]:
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Refinement size (`refine_size`)",
+        "# Refinement options",
         "",
         f"Command: `{result['command']}`; {result['date']}; {result['machine']}; "
         f"torch threads {result['threads']}; git {result['git']}.",
         "",
         "64x64 scan, 128x128 patterns, the benchmark's noise-sweep data, one "
-        "training per level (identical for every refine size); MAE vs truth "
+        "training per level (identical for every variant); MAE vs truth "
         "(strain x1e-3, theta in degrees), reference = zero-strain grain; "
         f"prediction speed: median of {result['repeats']} runs of `strain_map` on "
         "the whole scan.",
         "",
-        "| noise % | refine size | e_xx | e_yy | e_xy | theta deg | predict s "
-        "| patterns/s |",
+        "| noise % | options | e_xx | e_yy | e_xy | theta deg | predict s | patterns/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         maes = " | ".join(f"{1e3 * r[k]:.3f}" for k in KEYS[:3])
         lines.append(
-            f"| {r['noise']:g} | {r['refine_size']} | {maes} | {r['mae_theta_deg']:.3f} | "
+            f"| {r['noise']:g} | {r['variant']} | {maes} | {r['mae_theta_deg']:.3f} | "
             f"{r['predict_s']:.1f} | {r['patterns_per_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -100,14 +113,19 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", type=float, nargs="+", default=[50.0, 70.0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[0, 96, 128])
+    ap.add_argument(
+        "--variants",
+        type=json.loads,
+        default=DEFAULT_VARIANTS,
+        help="JSON list of CCSTAE option dicts",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="docs/benchmark_results", help="output folder")
     args = ap.parse_args(argv)
-    meta = run_meta("refine_size.py", argv)
-    rows = run(args.levels, args.sizes, args.repeats)
+    meta = run_meta("refinement.py", argv)
+    rows = run(args.levels, args.variants, args.repeats)
     result = {**meta, "repeats": args.repeats, "rows": rows}
-    write(Path(args.out), "refine_size", result, markdown(result))
+    write(Path(args.out), "refinement", result, markdown(result))
     return 0
 
 
