@@ -29,7 +29,7 @@ from .affine import STRAIN_KEYS, LatticeTransform
 from .io import OutputExistsError, atomic_write, is_emd_file
 from .losses import LOSSES
 from .model import CCSTAENet
-from .spotfit import base_patches, find_spots, refine_spots, static_background
+from .spotfit import base_patches, find_spots, pattern_background, refine_spots
 from .train import TrainConfig, encode, encoder_sensitivity, fit_network, resolve_device
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
@@ -360,14 +360,6 @@ class CCSTAE:
             else:
                 sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[:n_sub]))
                 bases = _resize_bases(self.net.bases, rsize)
-            background = None
-            if self.config["background"] == "radial":
-                mean = sub.mean(0).numpy()
-                background = torch.from_numpy(
-                    static_background(mean, spots * f, radius * f)
-                )
-                bases = bases - background
-                self.net.set_refine_background(background)
             out = refine_spots(
                 sub,
                 base_patches(bases, spots * f, radius * f),
@@ -377,8 +369,25 @@ class CCSTAE:
                 radius * f,
                 iterations=int(self.config["refine_steps"]),
                 realign=True,
-                background=background,
             )
+            if self.config["background"] == "radial":
+                # each pattern's own spots are known now: estimate the static
+                # background without them, then realign again without it
+                background = torch.from_numpy(
+                    pattern_background(sub, out["A"], out["t"], spots * f, radius * f)
+                )
+                self.net.set_refine_background(background)
+                out = refine_spots(
+                    sub,
+                    base_patches(bases - background, spots * f, radius * f),
+                    enc["cls"],
+                    out["A"],
+                    spots * f,
+                    radius * f,
+                    iterations=int(self.config["refine_steps"]),
+                    realign=True,
+                    background=background,
+                )
             self.net.set_spot_patches(out["patches"])
         self.fitted_ = {
             "q_max": float(inputs.q_max),

@@ -50,6 +50,7 @@ __all__ = [
     "patch_size",
     "refine_spots",
     "static_background",
+    "pattern_background",
 ]
 
 
@@ -208,6 +209,61 @@ def static_background(
     if not values:
         return np.zeros((S, S), np.float32)
     return np.interp(r, centres, values).astype(np.float32)
+
+
+def pattern_background(
+    X: torch.Tensor,
+    A: torch.Tensor,
+    t: torch.Tensor,
+    spots: np.ndarray,
+    radius: float,
+    margin: float = 1.0,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Static background from individual patterns, their own spots excluded.
+
+    Like :func:`static_background`, but each pattern ``X[i]`` (S, S) is
+    masked around its own spots, at ``c + A[i] @ p + t[i]`` (the refined
+    transforms), before its ring medians are taken; the background of ring
+    ``k`` is the median over patterns of those medians. Unlike the mean
+    pattern, this does not mistake spots for background when the patterns'
+    orientations differ widely (full-rotation scans).
+
+    Returns
+    -------
+    ndarray float32 (S, S)
+    """
+    N, S, _ = X.shape
+    c = (S - 1) / 2.0
+    yy, xx = np.mgrid[:S, :S] - c
+    r = np.hypot(yy, xx).ravel()
+    ring = r.astype(int)
+    pix = torch.tensor(np.stack([yy.ravel(), xx.ravel()], -1), dtype=torch.float64)
+    p64 = torch.as_tensor(np.asarray(spots), dtype=torch.float64)
+    per_ring: list[list[torch.Tensor]] = [[] for _ in range(int(ring.max()) + 1)]
+    for s0 in range(0, N, batch_size):
+        sl = slice(s0, s0 + batch_size)
+        A64, t64 = A[sl].to(torch.float64), t[sl, None].to(torch.float64)
+        pos = p64 @ A64.transpose(-1, -2) + t64  # (B, n, 2) from the centre
+        near = torch.cdist(pix.expand(pos.shape[0], -1, -1), pos).min(-1).values
+        vals = X[sl].reshape(-1, S * S).to(torch.float64)
+        vals = torch.where(near > radius + margin, vals, torch.nan)
+        for k in range(len(per_ring)):
+            sel = torch.from_numpy(ring == k)
+            if sel.any():
+                per_ring[k].append(torch.nanmedian(vals[:, sel], dim=1).values)
+    centres, values = [], []
+    for k, meds in enumerate(per_ring):
+        if not meds:
+            continue
+        m = torch.cat(meds)
+        m = m[~torch.isnan(m)]
+        if len(m):
+            centres.append(float(r[ring == k].mean()))
+            values.append(float(m.median()))
+    if not values:
+        return np.zeros((S, S), np.float32)
+    return np.interp(np.hypot(yy, xx), centres, values).astype(np.float32)
 
 
 def _freqs(P: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -490,3 +490,30 @@ def test_background_option_round_trip(data, tmp_path):
     np.testing.assert_array_equal(loaded.predict(dc)["A"], model.predict(dc)["A"])
     with pytest.raises(ValueError, match="background"):
         CCSTAE(background="median")
+
+
+def test_pattern_background_is_not_fooled_by_rotated_grains():
+    from py4dstem_ccstae.spotfit import pattern_background, static_background
+
+    # grains at many orientations: their mean pattern smears the spots into
+    # rings, which a background from the mean takes for background
+    S = 64
+    g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
+    r = np.hypot(*g.T)
+    g = g[(r > 6) & (r < 28)]
+    c = (S - 1) / 2
+    yy, xx = np.mgrid[:S, :S] - c
+    halo = 3.0 / (1.0 + (yy**2 + xx**2) / 60.0)
+    angles = np.linspace(0, np.pi / 2, 12, endpoint=False)
+    A = np.stack([LatticeTransform.from_strain(0, 0, 0, a).params for a in angles])
+    X = torch.tensor(
+        np.stack([_render(S, g, a, 1.5) + halo for a in A]), dtype=torch.float32
+    )
+    spots = spot_centres(_render(S, g, np.eye(2), 1.5), np.round(g), 4.0)
+    far = np.hypot(yy, xx) > 5
+    from_mean = static_background(X.mean(0).numpy(), spots, 4.0)
+    from_patterns = pattern_background(
+        X, torch.tensor(A), torch.zeros(len(A), 2), spots, 4.0
+    )
+    assert np.abs(from_mean - halo)[far].max() > 0.1  # the smeared spots
+    assert np.abs(from_patterns - halo)[far].max() < 0.05
