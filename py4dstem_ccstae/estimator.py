@@ -360,34 +360,30 @@ class CCSTAE:
             else:
                 sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[:n_sub]))
                 bases = _resize_bases(self.net.bases, rsize)
-            out = refine_spots(
-                sub,
-                base_patches(bases, spots * f, radius * f),
-                enc["cls"],
-                enc["A"],
-                spots * f,
-                radius * f,
-                iterations=int(self.config["refine_steps"]),
-                realign=True,
-            )
-            if self.config["background"] == "radial":
-                # each pattern's own spots are known now: estimate the static
-                # background without them, then realign again without it
-                background = torch.from_numpy(
-                    pattern_background(sub, out["A"], out["t"], spots * f, radius * f)
-                )
-                self.net.set_refine_background(background)
-                out = refine_spots(
+            r_spots, r_radius = spots * f, radius * f
+
+            def realign(bases, A, background=None):
+                return refine_spots(
                     sub,
-                    base_patches(bases - background, spots * f, radius * f),
+                    base_patches(bases, r_spots, r_radius),
                     enc["cls"],
-                    out["A"],
-                    spots * f,
-                    radius * f,
+                    A,
+                    r_spots,
+                    r_radius,
                     iterations=int(self.config["refine_steps"]),
                     realign=True,
                     background=background,
                 )
+
+            out = realign(bases, enc["A"])
+            if self.config["background"] == "radial":
+                # each pattern's own spots are known now: estimate the static
+                # background without them, then realign again without it
+                background = torch.from_numpy(
+                    pattern_background(sub, out["A"], out["t"], r_spots, r_radius)
+                )
+                self.net.set_refine_background(background)
+                out = realign(bases - background, out["A"], background)
             self.net.set_spot_patches(out["patches"])
         self.fitted_ = {
             "q_max": float(inputs.q_max),
@@ -446,7 +442,7 @@ class CCSTAE:
         # (refine_size): same field of view, spot offsets scaled by f
         rsize = int(self.config["refine_size"] or inputs.size)
         f = rsize / inputs.size
-        fine = inputs if rsize == inputs.size else inputs.resized(rsize)
+        fine = inputs if rsize == inputs.size or not do_refine else inputs.resized(rsize)
         if do_refine:
             r_spots = spots.numpy() * f
             r_radius = float(self.fitted_["spot_radius"]) * f

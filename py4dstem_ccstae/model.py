@@ -151,7 +151,7 @@ class CCSTAENet(nn.Module):
         """Store the refinement inputs' static background (S', S').
 
         Buffer ``refine_background``
-        (:func:`~py4dstem_ccstae.spotfit.static_background`), saved and loaded
+        (:func:`~py4dstem_ccstae.spotfit.pattern_background`), saved and loaded
         with the state dict.
         """
         self._set_buffer("refine_background", background)

@@ -49,7 +49,6 @@ __all__ = [
     "base_patches",
     "patch_size",
     "refine_spots",
-    "static_background",
     "pattern_background",
 ]
 
@@ -162,55 +161,6 @@ def find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 0
     return spots, min(extent + 1.0, cell), cell
 
 
-def static_background(
-    mean: np.ndarray, spots: np.ndarray, radius: float, margin: float = 1.0
-) -> np.ndarray:
-    """The part of the patterns that does not move with the lattice, (S, S) float32.
-
-    A diffuse halo or background around the direct beam stays where it is
-    while the spots move; the refinement compares spot patches, and a static
-    gradient under a spot pulls its fitted position towards no motion (on
-    the benchmark at 70 % noise, theta came out 3 % too small). This
-    estimate is rotationally symmetric about the pattern centre
-    ``(S - 1) / 2`` (the direct beam: the adapters centre every pattern on its
-    origin): the median, in 1-pixel rings, of ``mean`` over the pixels farther
-    than ``radius + margin`` from every spot, linearly interpolated in radius
-    (rings with no such pixel take their neighbours' values).
-
-    Parameters
-    ----------
-    mean : ndarray (S, S)
-        Mean model input (scaled intensity) over many patterns.
-    spots : ndarray (n, 2)
-        Spot offsets from the centre (pixels), as from :func:`find_spots`.
-    radius : float
-        Compared spot radius (pixels).
-    margin : float
-        Extra distance (pixels) from the spots of the pixels used.
-    """
-    mean = np.asarray(mean, dtype=np.float64)
-    S = mean.shape[0]
-    c = (S - 1) / 2.0
-    yy, xx = np.mgrid[:S, :S] - c
-    r = np.hypot(yy, xx)
-    sp = np.asarray(spots, dtype=np.float64).reshape(-1, 2)
-    if len(sp):
-        near = np.hypot(yy[..., None] - sp[:, 0], xx[..., None] - sp[:, 1]).min(-1)
-        free = near > radius + margin
-    else:
-        free = np.ones_like(r, bool)
-    ring = r.astype(int)
-    centres, values = [], []
-    for k in range(int(ring.max()) + 1):
-        sel = free & (ring == k)
-        if sel.any():
-            centres.append(float(r[sel].mean()))
-            values.append(float(np.median(mean[sel])))
-    if not values:
-        return np.zeros((S, S), np.float32)
-    return np.interp(r, centres, values).astype(np.float32)
-
-
 def pattern_background(
     X: torch.Tensor,
     A: torch.Tensor,
@@ -220,14 +170,37 @@ def pattern_background(
     margin: float = 1.0,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Static background from individual patterns, their own spots excluded.
+    """The part of the patterns that does not move with the lattice, (S, S) float32.
 
-    Like :func:`static_background`, but each pattern ``X[i]`` (S, S) is
-    masked around its own spots, at ``c + A[i] @ p + t[i]`` (the refined
-    transforms), before its ring medians are taken; the background of ring
-    ``k`` is the median over patterns of those medians. Unlike the mean
-    pattern, this does not mistake spots for background when the patterns'
-    orientations differ widely (full-rotation scans).
+    A diffuse halo or background around the direct beam stays where it is
+    while the spots move; the refinement compares spot patches, and a static
+    gradient under a spot pulls its fitted position towards no motion. This
+    estimate is rotationally symmetric about the pattern centre ``(S - 1) / 2``
+    (the direct beam: the adapters centre every pattern on its origin). Each
+    pattern ``X[i]`` is masked within ``radius + margin`` of its own spots, at
+    ``c + A[i] @ p + t[i]`` (refined transforms), and its median taken in
+    1-pixel rings; the background of a ring is the median over patterns of
+    those medians, linearly interpolated in radius (rings with no unmasked
+    pixel take their neighbours' values). Masking each pattern's own spots,
+    rather than taking the mean pattern, keeps spots out of the estimate when
+    orientations differ widely (full-rotation scans smear the mean's spots
+    into rings).
+
+    Parameters
+    ----------
+    X : Tensor (N, S, S)
+        Model inputs (scaled intensity).
+    A, t : Tensor (N, 2, 2), (N, 2)
+        Base -> input transforms and translations (pixels) of the patterns,
+        as returned by :func:`refine_spots`.
+    spots : ndarray (n, 2)
+        Spot offsets from the centre in the base (pixels).
+    radius : float
+        Compared spot radius (pixels).
+    margin : float
+        Extra distance (pixels) from the spots of the pixels used.
+    batch_size : int
+        Patterns processed at a time.
 
     Returns
     -------
@@ -238,9 +211,11 @@ def pattern_background(
     yy, xx = np.mgrid[:S, :S] - c
     r = np.hypot(yy, xx).ravel()
     ring = r.astype(int)
+    rings = [np.nonzero(ring == k)[0] for k in range(int(ring.max()) + 1)]
+    rings = [(float(r[ix].mean()), torch.from_numpy(ix)) for ix in rings if ix.size]
     pix = torch.tensor(np.stack([yy.ravel(), xx.ravel()], -1), dtype=torch.float64)
     p64 = torch.as_tensor(np.asarray(spots), dtype=torch.float64)
-    per_ring: list[list[torch.Tensor]] = [[] for _ in range(int(ring.max()) + 1)]
+    per_ring: list[list[torch.Tensor]] = [[] for _ in rings]
     for s0 in range(0, N, batch_size):
         sl = slice(s0, s0 + batch_size)
         A64, t64 = A[sl].to(torch.float64), t[sl, None].to(torch.float64)
@@ -248,18 +223,14 @@ def pattern_background(
         near = torch.cdist(pix.expand(pos.shape[0], -1, -1), pos).min(-1).values
         vals = X[sl].reshape(-1, S * S).to(torch.float64)
         vals = torch.where(near > radius + margin, vals, torch.nan)
-        for k in range(len(per_ring)):
-            sel = torch.from_numpy(ring == k)
-            if sel.any():
-                per_ring[k].append(torch.nanmedian(vals[:, sel], dim=1).values)
+        for meds, (_, ix) in zip(per_ring, rings, strict=True):
+            meds.append(torch.nanmedian(vals[:, ix], dim=1).values)
     centres, values = [], []
-    for k, meds in enumerate(per_ring):
-        if not meds:
-            continue
+    for meds, (centre, _) in zip(per_ring, rings, strict=True):
         m = torch.cat(meds)
         m = m[~torch.isnan(m)]
         if len(m):
-            centres.append(float(r[ring == k].mean()))
+            centres.append(centre)
             values.append(float(m.median()))
     if not values:
         return np.zeros((S, S), np.float32)
@@ -389,7 +360,7 @@ def refine_spots(
         removed), i.e. sharper base patches free of the encoder's
         whole-image warps.
     background : Tensor (S, S), optional
-        Static background of the inputs (:func:`static_background`),
+        Static background of the inputs (:func:`pattern_background`),
         subtracted from every input patch where it was taken, so that only
         what moves with the spots is compared. ``patches`` must then be
         background-free: patches of the bases minus the same background, or

@@ -434,21 +434,34 @@ def test_refine_size_refines_on_larger_patterns(data, fitted, tmp_path):
             CCSTAE(refine_size=bad)
 
 
-def test_static_background_removes_a_halo_the_spots_move_over():
-    from py4dstem_ccstae.spotfit import static_background
-
-    S = 64
+def _halo_scene(S=64):
+    """Si spots (offsets g, pixels) of a 64 px pattern and a static, steep halo."""
     g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
     r = np.hypot(*g.T)
     g = g[(r > 6) & (r < 28)]
-    c = (S - 1) / 2
-    yy, xx = np.mgrid[:S, :S] - c
-    halo = 3.0 / (1.0 + (yy**2 + xx**2) / 60.0)  # static, steep under the spots
+    yy, xx = np.mgrid[:S, :S] - (S - 1) / 2
+    halo = 3.0 / (1.0 + (yy**2 + xx**2) / 60.0)
+    far = np.hypot(yy, xx) > 5  # outside the direct beam
+    return g, halo, far
+
+
+def _background(patterns, spots, A=None):
+    """pattern_background of patterns (N, S, S) at transforms A (default identity)."""
+    from py4dstem_ccstae.spotfit import pattern_background
+
+    X = torch.as_tensor(np.asarray(patterns), dtype=torch.float32)
+    A = torch.eye(2).expand(len(X), 2, 2) if A is None else torch.as_tensor(A)
+    return pattern_background(X, A, torch.zeros(len(X), 2), spots, 4.0)
+
+
+def test_static_background_removes_a_halo_the_spots_move_over():
+    S = 64
+    g, halo, far = _halo_scene(S)
     base = _render(S, g, np.eye(2), 1.5)
     spots = spot_centres(base, np.round(g), 4.0)
     # the estimate is the halo, also under the spots (they are excluded)
-    est = static_background(base + halo, spots, 4.0)
-    assert np.abs(est - halo)[np.hypot(yy, xx) > 5].max() < 0.05
+    est = _background([base + halo], spots)
+    assert np.abs(est - halo)[far].max() < 0.05
 
     rng = np.random.default_rng(2)
     truth = [(0, 0, 0, 0.05), (0, 0, 0, -0.05)]
@@ -493,27 +506,15 @@ def test_background_option_round_trip(data, tmp_path):
 
 
 def test_pattern_background_is_not_fooled_by_rotated_grains():
-    from py4dstem_ccstae.spotfit import pattern_background, static_background
-
     # grains at many orientations: their mean pattern smears the spots into
     # rings, which a background from the mean takes for background
     S = 64
-    g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
-    r = np.hypot(*g.T)
-    g = g[(r > 6) & (r < 28)]
-    c = (S - 1) / 2
-    yy, xx = np.mgrid[:S, :S] - c
-    halo = 3.0 / (1.0 + (yy**2 + xx**2) / 60.0)
+    g, halo, far = _halo_scene(S)
     angles = np.linspace(0, np.pi / 2, 12, endpoint=False)
     A = np.stack([LatticeTransform.from_strain(0, 0, 0, a).params for a in angles])
-    X = torch.tensor(
-        np.stack([_render(S, g, a, 1.5) + halo for a in A]), dtype=torch.float32
-    )
+    X = np.stack([_render(S, g, a, 1.5) + halo for a in A])
     spots = spot_centres(_render(S, g, np.eye(2), 1.5), np.round(g), 4.0)
-    far = np.hypot(yy, xx) > 5
-    from_mean = static_background(X.mean(0).numpy(), spots, 4.0)
-    from_patterns = pattern_background(
-        X, torch.tensor(A), torch.zeros(len(A), 2), spots, 4.0
-    )
+    from_mean = _background([X.mean(0)], spots)
+    from_patterns = _background(X, spots, A)
     assert np.abs(from_mean - halo)[far].max() > 0.1  # the smeared spots
     assert np.abs(from_patterns - halo)[far].max() < 0.05
