@@ -52,11 +52,11 @@ def _render_args():
     """Render arguments of the benchmark's noise-sweep simulation."""
     import py4dstem_ccstae.simulate as sim
 
-    seen = {}
+    calls = []
     real = sim._render
 
     def record(*args, **kwargs):
-        seen.setdefault("args", args)
+        calls.append(args)
         return real(*args, **kwargs)
 
     sim._render = record
@@ -64,8 +64,11 @@ def _render_args():
         sim.polycrystal(scan_shape=(64, 64), pattern_shape=(128, 128), seed=0)
     finally:
         sim._render = real
-    A_all, origins, g, intensity, C, shape, radius, edge = seen["args"][:8]
-    # the first call holds the first batch of positions (the whole scan here)
+    # the simulator renders the scan in batches of positions (flat scan
+    # order); the other arguments are the same in every call
+    g, intensity, C, shape, radius, edge = calls[0][2:8]
+    A_all = np.concatenate([args[0] for args in calls])
+    origins = np.concatenate([args[1] for args in calls])
 
     def render(A, origin):
         return real(A[None], origin[None], g, intensity, C, shape, radius, edge)[0]

@@ -52,6 +52,7 @@ DEFAULT_CONFIG = dict(
     refine_steps=6,
     refine_size=None,
     background="radial",
+    spot_threshold=0.05,
     mask_schedule=False,
     coarse_sigma=3.0,
     coarse_epochs=6,
@@ -151,13 +152,19 @@ class CCSTAE:
         ``width``, ``epochs``, ``batch_size``, ``lr``, ``refine`` (per-pattern
         spot-wise refinement after the encoder, :mod:`~py4dstem_ccstae.spotfit`),
         ``refine_steps`` (Gauss-Newton iterations of the refinement),
+        ``refine_size`` (pattern size of the refinement, px), ``background``
+        (static background removed by the refinement: ``"radial"|"none"``),
+        ``spot_threshold`` (weakest spot of the base used, relative to the
+        brightest; :func:`~py4dstem_ccstae.spotfit.find_spots`),
         ``epoch_size`` (patterns per epoch), ``mask_schedule`` (the paper's
         shrinking-mask schedule; off by default), ``coarse_sigma`` and
         ``coarse_epochs`` (coarse-to-fine smoothing at the start of training,
         model pixels and epochs; :class:`~py4dstem_ccstae.train.TrainConfig`),
         ``loss`` (``"mse"|"l1"|"poisson"``), ``overshoot`` (weight of pixels
-        where the base exceeds the data) and ``base_l1`` (L1 sparsity on the
-        bases; :mod:`~py4dstem_ccstae.losses`).
+        where the base exceeds the data), ``base_l1`` (L1 sparsity on the
+        bases; :mod:`~py4dstem_ccstae.losses`), ``retries`` and
+        ``min_sensitivity`` (lock-on check, :meth:`fit`). Every option is
+        described in ``docs/configuration.md``.
     """
 
     def __init__(self, **config):
@@ -174,6 +181,10 @@ class CCSTAE:
         integral = isinstance(rs, numbers.Integral) and not isinstance(rs, bool)
         if rs is not None and not (integral and 16 <= rs <= 512):
             raise ValueError(f"refine_size must be None or an int in [16, 512], got {rs!r}")
+        thr = self.config["spot_threshold"]
+        _check_option("spot_threshold", thr, False, 0.0, True)
+        if thr >= 1:
+            raise ValueError(f"spot_threshold must be in (0, 1), got {thr!r}")
         bg = self.config["background"]
         if bg not in BACKGROUNDS:
             raise ValueError(f"background must be one of {BACKGROUNDS}, got {bg!r}")
@@ -278,6 +289,7 @@ class CCSTAE:
             batch_size=self.config["batch_size"],
             lr=self.config["lr"],
             mask_schedule=bool(self.config["mask_schedule"]),
+            spot_threshold=float(self.config["spot_threshold"]),
             coarse_sigma=float(self.config["coarse_sigma"]),
             coarse_epochs=int(self.config["coarse_epochs"]),
             loss=self.config["loss"],
@@ -347,7 +359,9 @@ class CCSTAE:
                 stacklevel=2,
             )
         bases = self.net.bases.detach().cpu().numpy()[:, 0]
-        spots, radius, _ = find_spots(bases[0], inputs.mask)
+        spots, radius, _ = find_spots(
+            bases[0], inputs.mask, rel_threshold=float(self.config["spot_threshold"])
+        )
         if spots is not None and self.config["refine"]:
             # spot patches of the bases, re-estimated from the aligned
             # training patterns (spotfit module docs), at the refinement's size

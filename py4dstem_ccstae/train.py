@@ -66,6 +66,9 @@ class TrainConfig:
         restarts whenever the mask changes.
     shrink_start : float
         Fraction of ``epochs`` after which the mask starts shrinking.
+    spot_threshold : float
+        Weakest spot of the base used by the schedule, relative to the
+        brightest (``rel_threshold`` of :func:`~py4dstem_ccstae.spotfit.find_spots`).
     coarse_sigma : float
         Coarse-to-fine schedule: in the first ``coarse_epochs`` epochs both
         the inputs and the bases are smoothed with a Gaussian of standard
@@ -104,6 +107,7 @@ class TrainConfig:
     min_delta: float = 2e-3
     mask_schedule: bool = False
     shrink_start: float = 0.5
+    spot_threshold: float = 0.05
     coarse_sigma: float = 3.0
     coarse_epochs: int = 6
     loss: str = "mse"
@@ -459,7 +463,9 @@ def fit_network(
             from .spotfit import find_spots
 
             base0 = net.bases.detach()[0, 0].cpu().numpy()
-            spots, radius, cell = find_spots(base0, ring.cpu().numpy() > 0)
+            spots, radius, cell = find_spots(
+                base0, ring.cpu().numpy() > 0, rel_threshold=config.spot_threshold
+            )
             if spots is not None:
                 span = max(config.epochs - first_shrink, 1)
                 frac = min(1.0, (epoch + 1 - first_shrink) / span)

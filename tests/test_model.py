@@ -304,6 +304,9 @@ def test_numeric_option_errors_name_the_option():
         dict(batch_size=0),
         dict(max_strain=float("nan")),
         dict(refine_steps=True),
+        dict(spot_threshold=0.0),
+        dict(spot_threshold=1.0),
+        dict(spot_threshold="0.1"),
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             CCSTAE(**bad)
@@ -443,6 +446,46 @@ def _halo_scene(S=64):
     halo = 3.0 / (1.0 + (yy**2 + xx**2) / 60.0)
     far = np.hypot(yy, xx) > 5  # outside the direct beam
     return g, halo, far
+
+
+def test_find_spots_keeps_the_faint_outer_spots():
+    # outer spots are faint but carry the most strain information: the
+    # default threshold keeps spots down to 5 % of the brightest
+    from py4dstem_ccstae.spotfit import find_spots
+
+    S = 64
+    g, _, _ = _halo_scene(S)
+    r = np.hypot(*g.T)
+    c = (S - 1) / 2
+    xx, yy = np.mgrid[:S, :S]
+    base = np.zeros((S, S))
+    for q, bright in zip(g, np.where(r > 18, 0.08, 1.0), strict=True):
+        base += bright * np.exp(-((xx - c - q[0]) ** 2 + (yy - c - q[1]) ** 2) / 4.5)
+    ring = np.hypot(xx - c, yy - c) < 30
+    spots, radius, _ = find_spots(base, ring)
+    assert len(spots) == len(g)
+    # (the outermost are cut by the ring mask: centres within 0.1 px)
+    np.testing.assert_allclose(np.sort(np.hypot(*spots.T)), np.sort(r), atol=0.1)
+    inner, _, _ = find_spots(base, ring, rel_threshold=0.15)
+    assert len(inner) == int((r <= 18).sum())
+
+
+def test_spot_threshold_option_reaches_find_spots(data, monkeypatch):
+    import py4dstem_ccstae.estimator as estimator
+
+    seen = []
+    real = estimator.find_spots
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["rel_threshold"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(estimator, "find_spots", spy)
+    dc, _, _ = data
+    CCSTAE(**{**FAST, "epochs": 1, "min_sensitivity": 0, "spot_threshold": 0.3}).fit(
+        dc, seed=0, progress=False, device="cpu"
+    )
+    assert seen == [0.3]
 
 
 def _background(patterns, spots, A=None):
