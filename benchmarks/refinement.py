@@ -17,7 +17,13 @@ zero-strain grain, as in the benchmark) and the median over ``--repeats``
 runs of the prediction time of the whole 64x64 scan (``strain_map``,
 refinement included), as patterns per second.
 
-Writes ``refinement.json`` and ``refinement.md`` to ``--out``.
+``--case dynamical`` runs the same comparison on the benchmark's dynamical
+(Bloch-wave) data (``polycrystal(..., dynamical=True)``) and ``--case
+full_rotation`` on its full-rotation data (theta errors modulo the lattice's
+symmetry), each at ``--levels``.
+
+Writes ``refinement.json`` and ``refinement.md`` to ``--out`` (the noise
+sweep's data), or ``refinement_<case>.json`` / ``.md`` for another case.
 """
 
 from __future__ import annotations
@@ -41,11 +47,22 @@ DEFAULT_VARIANTS = [
 ]
 
 
+#: Data sets: extra ``polycrystal`` arguments and a description.
+CASES = {
+    "noise": ({}, "the benchmark's noise-sweep data"),
+    "dynamical": ({"dynamical": True}, "the benchmark's dynamical (Bloch-wave) data"),
+    "full_rotation": (
+        {"rotation_range": "full"},
+        "the benchmark's full-rotation data (theta modulo the lattice symmetry)",
+    ),
+}
+
+
 def _label(variant: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in variant.items()) or "defaults"
 
 
-def run(levels, variants, repeats: int) -> list[dict]:
+def run(levels, variants, repeats: int, case: str = "noise") -> list[dict]:
     import numpy as np
     import torch
 
@@ -53,8 +70,11 @@ def run(levels, variants, repeats: int) -> list[dict]:
     from py4dstem_ccstae.metrics import strain_errors
     from py4dstem_ccstae.simulate import add_background_noise, polycrystal
 
-    clean, truth = polycrystal(scan_shape=(64, 64), pattern_shape=(128, 128), seed=0)
+    clean, truth = polycrystal(
+        scan_shape=(64, 64), pattern_shape=(128, 128), seed=0, **CASES[case][0]
+    )
     ref = truth.get_slice("reference").data.astype(bool)
+    sym = int(truth.metadata["simulation"]["symmetry"]) if case == "full_rotation" else 1
     n = int(np.prod(clean.data.shape[:2]))
     rows = []
     for level in levels:
@@ -71,7 +91,7 @@ def run(levels, variants, repeats: int) -> list[dict]:
                 t0 = time.perf_counter()
                 rs = model.strain_map(dc, reference=ref)
                 times.append(time.perf_counter() - t0)
-            e = strain_errors(rs, truth)
+            e = strain_errors(rs, truth, symmetry=sym)
             row = {
                 "noise": level,
                 "variant": _label(variant),
@@ -92,7 +112,7 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`; {result['date']}; {result['machine']}; "
         f"torch threads {result['threads']}; git {result['git']}.",
         "",
-        "64x64 scan, 128x128 patterns, the benchmark's noise-sweep data, one "
+        f"64x64 scan, 128x128 patterns, {CASES[result.get('case', 'noise')][1]}, one "
         "training per level (identical for every variant); MAE vs truth "
         "(strain x1e-3, theta in degrees), reference = zero-strain grain; "
         f"prediction speed: median of {result['repeats']} runs of `strain_map` on "
@@ -122,12 +142,14 @@ def main(argv=None) -> int:
         help="JSON list of CCSTAE option dicts",
     )
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--case", choices=sorted(CASES), default="noise", help="data set")
     ap.add_argument("--out", default="docs/benchmark_results", help="output folder")
     args = ap.parse_args(argv)
     meta = run_meta("refinement.py", argv)
-    rows = run(args.levels, args.variants, args.repeats)
-    result = {**meta, "repeats": args.repeats, "rows": rows}
-    write(Path(args.out), "refinement", result, markdown(result))
+    rows = run(args.levels, args.variants, args.repeats, args.case)
+    result = {**meta, "case": args.case, "repeats": args.repeats, "rows": rows}
+    name = "refinement" if args.case == "noise" else f"refinement_{args.case}"
+    write(Path(args.out), name, result, markdown(result))
     return 0
 
 

@@ -116,10 +116,10 @@ def find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 0
     proportion to its distance from the centre). Under heavy background the
     square-root scaling lowers their contrast further (``sqrt(s + h) -
     sqrt(h)`` shrinks with the background ``h``): on the benchmark's
-    polycrystal at 70 % noise the outer ring of 12 spots peaks at 0.09-0.15 of
-    the brightest, and a threshold of 0.15 kept 8 of 20 spots, which made the
-    strain error 1.3x the Cramer-Rao bound instead of about 1.05x
-    (``docs/benchmarks.md``).
+    polycrystal at 70 % noise the 12 outer spots peak at 0.09-0.15 of
+    the brightest, and a threshold of 0.15 kept 8 of 20 spots: the strain MAE
+    was 1.33-1.40x the per-pattern Cramer-Rao bound, and is 1.05-1.10x with
+    all 20 (``docs/benchmarks.md``).
     The compared radius is where the mean spot profile falls below 5 % of its
     peak, plus one pixel, at most 0.45 x the nearest-spot spacing.
 

@@ -84,6 +84,9 @@ def test_markdown_tables(scripts):
         }
     )
     assert "| 50 | refine_size=128 | 0.600 | 0.600 | 0.400 | 0.030 | 9.0 | 455 |" in md
+    assert "noise-sweep data" in md
+    md = scripts["refine"].markdown({**res, "case": "dynamical", "rows": []})
+    assert "dynamical (Bloch-wave) data" in md
     assert scripts["refine"]._label({}) == "defaults"
     assert scripts["refine"]._label({"refine_size": 128, "background": "radial"}) == (
         "refine_size=128, background=radial"
