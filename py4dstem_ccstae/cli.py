@@ -715,6 +715,14 @@ def _report(res: dict, what: str) -> None:
     if what == "fit" and fitted.get("attempts"):
         n, sens = len(fitted["attempts"]), fitted["encoder_sensitivity"]["mean"]
         print(f"lock-on: {n} training attempt(s), encoder sensitivity {sens:.2f}")
+    if what == "fit" and fitted:
+        spots = fitted.get("spots") or []
+        thr = res["model"].config["spot_threshold"]
+        print(
+            f"spots:  {len(spots)} spots of the base refined (spot_threshold {thr:g})"
+            if spots
+            else "spots:  fewer than 2 spots found on the base: no refinement"
+        )
     out = res["output"]
     print(f"strain: {out}  ->  py4DSTEM.read('{out}', datapath='{res['strain_datapath']}')")
     if what == "fit":

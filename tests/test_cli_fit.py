@@ -55,6 +55,8 @@ def test_fit_writes_strain_and_model_to_one_emd_file(fitted, scans):
     out, plot, text = fitted
     assert f"strain: {out}" in text and "model:" in text and "trained in" in text
     assert "lock-on: 1 training attempt(s), encoder sensitivity" in text
+    model = CCSTAE.load(out)
+    assert f"spots:  {len(model.fitted_['spots'])} spots of the base refined" in text
     strain = py4DSTEM.read(str(out), datapath="ccstae/ccstae_strain")
     assert list(strain.slicelabels) == SLICES
     assert strain.data.shape == (7, 8, 8)
