@@ -80,6 +80,7 @@ _NUMERIC_OPTIONS = {
     "base_l1": (False, 0.0, False),
     "retries": (True, 0, False),
     "min_sensitivity": (False, 0.0, False),
+    "spot_threshold": (False, 0.0, True),
 }
 
 
@@ -181,10 +182,10 @@ class CCSTAE:
         integral = isinstance(rs, numbers.Integral) and not isinstance(rs, bool)
         if rs is not None and not (integral and 16 <= rs <= 512):
             raise ValueError(f"refine_size must be None or an int in [16, 512], got {rs!r}")
-        thr = self.config["spot_threshold"]
-        _check_option("spot_threshold", thr, False, 0.0, True)
-        if thr >= 1:
-            raise ValueError(f"spot_threshold must be in (0, 1), got {thr!r}")
+        if self.config["spot_threshold"] >= 1:
+            raise ValueError(
+                f"spot_threshold must be in (0, 1), got {self.config['spot_threshold']!r}"
+            )
         bg = self.config["background"]
         if bg not in BACKGROUNDS:
             raise ValueError(f"background must be one of {BACKGROUNDS}, got {bg!r}")

@@ -312,6 +312,24 @@ def test_numeric_option_errors_name_the_option():
             CCSTAE(**bad)
 
 
+def test_library_defaults_agree_with_default_config():
+    # the estimator's defaults are repeated in TrainConfig and find_spots
+    # (the docs read DEFAULT_CONFIG's literals): they must not drift apart
+    import dataclasses
+    import inspect
+
+    from py4dstem_ccstae.estimator import DEFAULT_CONFIG
+    from py4dstem_ccstae.spotfit import find_spots
+    from py4dstem_ccstae.train import TrainConfig
+
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(DEFAULT_CONFIG)
+    assert {"epochs", "coarse_sigma", "spot_threshold"} <= shared
+    for name in shared:
+        assert getattr(TrainConfig(), name) == DEFAULT_CONFIG[name], name
+    threshold = inspect.signature(find_spots).parameters["rel_threshold"].default
+    assert threshold == DEFAULT_CONFIG["spot_threshold"]
+
+
 def test_loss_option_errors():
     for bad, match in [
         (dict(loss="huber"), "loss must be one of"),
