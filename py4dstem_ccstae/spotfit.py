@@ -28,7 +28,9 @@ inside a disk of radius ``radius`` (per-spot gain and offset, solved in closed
 form, absorb intensity differences between grains, e.g. dynamical
 scattering). ``(A, t)`` (6 numbers per pattern) minimise the sum of squared
 residuals over all spots, by Gauss-Newton with a small Levenberg damping;
-each iteration is one batched inverse FFT and one 6 x 6 solve per pattern.
+each iteration is one batched inverse FFT and one 6 x 6 solve per pattern,
+and a pattern leaves the batch once its step moves no spot by more than
+``tol`` (converged patterns cost nothing more).
 At the end of training (:meth:`py4dstem_ccstae.CCSTAE.fit`) the base patches
 are re-estimated once as the mean of the training patterns' spot patches
 shifted back onto the base (rigid, Fourier; ``realign=True``), which removes
@@ -286,12 +288,19 @@ def _gather_patches(
     u = torch.arange(P, device=x.device) - P // 2
     rows = centres[..., 0, None, None] + u[:, None]  # (B, n, P, 1)
     cols = centres[..., 1, None, None] + u[None, :]  # (B, n, 1, P)
-    rows, cols = torch.broadcast_tensors(rows, cols)
-    inside = (rows >= 0) & (rows < S) & (cols >= 0) & (cols < S)
+    inside = (rows >= 0) & (rows < S) & (cols >= 0) & (cols < S)  # (B, n, P, P)
     flat = rows.clamp(0, S - 1) * S + cols.clamp(0, S - 1)
-    b = torch.arange(B, device=x.device) if Bx == B else torch.zeros(B, dtype=torch.long)
-    vals = x.reshape(Bx, S * S)[b.to(x.device)[:, None, None, None], flat] * inside
+    src = x.reshape(Bx, S * S)
+    if Bx != B:
+        src = src.expand(B, S * S)
+    vals = torch.gather(src, 1, flat.reshape(B, -1)).reshape(flat.shape)
+    vals = torch.where(inside, vals, vals.new_zeros(()))
     return vals, inside.flatten(-2).all(-1)
+
+
+def _take(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``t`` itself when ``rows`` is None (every row), else ``t[rows]``."""
+    return t if rows is None else t[rows]
 
 
 def _phase(s: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
@@ -346,6 +355,7 @@ def refine_spots(
     damping: float = 1e-3,
     realign: bool = False,
     background: torch.Tensor | None = None,
+    tol: float = 1e-4,
 ) -> dict[str, torch.Tensor]:
     """Refine base -> input transforms spot by spot (Gauss-Newton, module docs).
 
@@ -367,7 +377,7 @@ def refine_spots(
     radius : float
         Radius (pixels) of the compared disk around each spot; > 0.
     iterations : int
-        Gauss-Newton iterations.
+        Maximum Gauss-Newton iterations per pattern.
     batch_size : int
         Patterns per batch.
     damping : float
@@ -383,13 +393,20 @@ def refine_spots(
         what moves with the spots is compared. ``patches`` must then be
         background-free: patches of the bases minus the same background, or
         those returned by ``realign=True`` in a call with this background.
+    tol : float
+        Convergence tolerance (pixels): a pattern stops iterating once a step
+        moves none of its spots by more than ``tol`` (bound: ``sum |dA| *
+        max |p| + sum |dt|``); ``0`` runs every pattern for ``iterations``.
+        A step of 1e-4 px changes strain by at most ``1e-4 / max |p|`` (a
+        few 1e-6 at 64x64).
 
     Returns
     -------
     dict
         ``A`` (N, 2, 2) float64 refined transforms, ``t`` (N, 2)
         translations (pixels), ``error`` (N,) mean squared residual over the
-        compared pixels (scaled-intensity units); ``patches`` with
+        compared pixels (scaled-intensity units), ``iterations`` (N,) int
+        Gauss-Newton iterations each pattern ran; ``patches`` with
         ``realign``.
     """
     dev = patches.device
@@ -423,6 +440,7 @@ def refine_spots(
         [A.to(torch.float64).reshape(N, 4), torch.zeros(N, 2, dtype=torch.float64)], -1
     ).to(dev)
     error = torch.zeros(N, dtype=torch.float64)
+    n_iter = torch.zeros(N, dtype=torch.long)
     edge = (taper < 0.05).to(dt)
 
     def _inv(G: torch.Tensor) -> torch.Tensor:
@@ -442,44 +460,56 @@ def refine_spots(
         Ab = th[:, :4].reshape(-1, 2, 2)
         pos0 = p64 @ Ab.transpose(-1, -2) + th[:, None, 4:] + c  # (B, n, 2)
         i_int = torch.round(pos0)
-        Ipatch, valid = _gather_patches(xb, i_int.long(), P)
         if background is not None:
-            static, _ = _gather_patches(background[None].to(dev, dt), i_int.long(), P)
-            Ipatch = Ipatch - static
+            xb = xb - background.to(dev, dt)
+        Ipatch, valid = _gather_patches(xb, i_int.long(), P)
         Ip = Ipatch.flatten(-2)[..., D]  # (B, n, D)
         w = valid.to(dt)[..., None].expand_as(Ip)  # (B, n, D)
         wsum = w.sum(-1).clamp_min(1.0)
         mi = (w * Ip).sum(-1) / wsum
         F = FB[cb]  # (B, n, P, P // 2 + 1)
+        nb = th.shape[0]
+        # per-pattern state of the last iteration each pattern ran
+        s_last = torch.zeros(nb, n, 2, dtype=dt, device=dev)
+        a_last = torch.ones(nb, n, dtype=dt, device=dev)
+        b_last = torch.zeros(nb, n, dtype=dt, device=dev)
+        err_b = torch.zeros(nb, dtype=torch.float64, device=dev)
+        it_b = torch.zeros(nb, dtype=torch.long, device=dev)
+        act = torch.arange(nb, device=dev)  # patterns still iterating
         for it in range(iterations):
-            Ab = th[:, :4].reshape(-1, 2, 2)
-            h = p64 @ Ab.transpose(-1, -2) + th[:, None, 4:] + c - i_int  # (B, n, 2)
+            rows = None if act.numel() == nb else act
+            tha = _take(th, rows)
+            Ab = tha[:, :4].reshape(-1, 2, 2)
+            h = p64 @ Ab.transpose(-1, -2) + tha[:, None, 4:] + c - _take(i_int, rows)
             s = (h - f_base).to(dt)
-            G = F * _phase(s, fx, fy)
+            G = _take(F, rows) * _phase(s, fx, fy)
             Sv = _inv(G)
             if it == 0:
                 # Jacobian from the starting shift; an approximate Jacobian
                 # changes the path of Gauss-Newton, not its fixed point
                 gx = _inv(G * (2j * math.pi * fx))
                 gy = _inv(G * (2j * math.pi * fy))
+            wa, Ipa, gxa, gya, wsa, mia = (
+                _take(t, rows) for t in (w, Ip, gx, gy, wsum, mi)
+            )
             # per-spot gain and offset (closed form, weighted)
-            ms = (w * Sv).sum(-1) / wsum
+            ms = (wa * Sv).sum(-1) / wsa
             dS = Sv - ms[..., None]
-            cov = (w * dS * (Ip - mi[..., None])).sum(-1)
-            var = (w * dS * dS).sum(-1).clamp_min(1e-12)
+            cov = (wa * dS * (Ipa - mia[..., None])).sum(-1)
+            var = (wa * dS * dS).sum(-1).clamp_min(1e-12)
             a = (cov / var).clamp_min(0.05)
-            b = mi - a * ms
-            r = a[..., None] * Sv + b[..., None] - Ip
+            b = mia - a * ms
+            r = a[..., None] * Sv + b[..., None] - Ipa
             # d r / d s = -a * grad(S)
-            wa2 = w * (a * a)[..., None]
-            Gxx = (wa2 * gx * gx).sum(-1)
-            Gxy = (wa2 * gx * gy).sum(-1)
-            Gyy = (wa2 * gy * gy).sum(-1)
+            wa2 = wa * (a * a)[..., None]
+            Gxx = (wa2 * gxa * gxa).sum(-1)
+            Gxy = (wa2 * gxa * gya).sum(-1)
+            Gyy = (wa2 * gya * gya).sum(-1)
             G2 = torch.stack(
                 [torch.stack([Gxx, Gxy], -1), torch.stack([Gxy, Gyy], -1)], -2
             ).to(torch.float64)  # (B, n, 2, 2)
-            war = w * r * (-a[..., None])
-            e = torch.stack([(war * gx).sum(-1), (war * gy).sum(-1)], -1).to(
+            war = wa * r * (-a[..., None])
+            e = torch.stack([(war * gxa).sum(-1), (war * gya).sum(-1)], -1).to(
                 torch.float64
             )  # (B, n, 2)
             H = torch.einsum("nij,bnjk,nkl->bil", Mt, G2, M)
@@ -490,25 +520,33 @@ def refine_spots(
             # cap a step at half a pixel of spot motion
             move = step[:, :4].abs().sum(-1) * reach + step[:, 4:].abs().sum(-1)
             scale = (0.5 / move.clamp_min(1e-12)).clamp(max=1.0)
-            th = th - scale[:, None] * step
+            th[act] = tha - scale[:, None] * step
+            s_last[act], a_last[act], b_last[act] = s, a, b
+            it_b[act] += 1
+            err_b[act] = ((wa * r * r).sum((-1, -2)) / wa.sum((-1, -2)).clamp_min(1)).to(
+                torch.float64
+            )
+            act = act[scale * move > tol]
+            if act.numel() == 0:
+                break
         theta[sl] = th
-        error[sl] = (
-            ((w * r * r).sum((-1, -2)) / w.sum((-1, -2)).clamp_min(1))
-            .to(torch.float64)
-            .cpu()
-        )
+        error[sl] = err_b.cpu()
+        n_iter[sl] = it_b.cpu()
         if realign:
             # spot patches shifted back onto the base, gain and offset removed
-            back = torch.fft.irfft2(torch.fft.rfft2(Ipatch) * _phase(-s, fx, fy), s=(P, P))
+            back = torch.fft.irfft2(
+                torch.fft.rfft2(Ipatch) * _phase(-s_last, fx, fy), s=(P, P)
+            )
             onehot = torch.nn.functional.one_hot(cb, K).to(dt)
             vb = valid.to(dt)[..., None, None]
-            restored = (back - b[..., None, None]) / a[..., None, None]
+            restored = (back - b_last[..., None, None]) / a_last[..., None, None]
             acc += torch.einsum("bk,bnpq->knpq", onehot, vb * restored)
             cnt += torch.einsum("bk,bnpq->knpq", onehot, vb)
     out = {
         "A": theta[:, :4].reshape(N, 2, 2).cpu(),
         "t": theta[:, 4:].cpu(),
         "error": error,
+        "iterations": n_iter,
     }
     if realign:
         out["patches"] = torch.where(cnt > 0, acc / cnt.clamp_min(1), Bp)
