@@ -8,10 +8,10 @@ Run from the repository root::
 
 One model is trained with this checkout (the simulator's default 64x64
 polycrystal, 128x128 patterns, ``--level`` % background noise, seed 0) and
-saved. Then, for ``--rounds`` rounds, a fresh subprocess per checkout
-(``PYTHONPATH`` = the checkout; baseline first, then this one, so slow drifts
-of a shared machine hit both alike) loads the model and times ``--repeats``
-times each:
+saved, or ``--model`` is loaded. Then, for ``--rounds`` rounds, a fresh
+subprocess per checkout (``PYTHONPATH`` = the checkout; baseline first, then
+this one, so slow drifts of a shared machine hit both alike) loads the model
+and times ``--repeats`` times each:
 
 * ``predict`` on prepared inputs (``DiffractionInputs``; these are lazy, so
   the resampling of every batch is included), with and without the
@@ -106,6 +106,7 @@ def _child(src: Path, model: Path, level: float, repeats: int, a_out: Path) -> d
         capture_output=True,
         text=True,
         env=env,
+        cwd=a_out.parent,  # not a checkout: `python -c` puts the cwd first on sys.path
     )
     if proc.returncode:
         raise RuntimeError(f"child for {src} failed:\n{proc.stderr[-3000:]}")
@@ -123,6 +124,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timings per subprocess (3)")
     ap.add_argument("--level", type=float, default=25.0, help="background noise %% (25)")
     ap.add_argument("--out", default="docs/benchmark_results", help="output folder")
+    ap.add_argument(
+        "--model",
+        help="use this saved model instead of training one (both checkouts must load it)",
+    )
     args = ap.parse_args(argv)
     this = Path(__file__).resolve().parent.parent
     base = Path(args.baseline).resolve()
@@ -141,9 +146,12 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {"baseline": [], "this": []}
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         tmp = Path(tmp)
-        model = tmp / "model.h5"
-        print(f"training one model at {args.level:g} % noise ...", flush=True)
-        fit_s = _train(model, args.level)
+        if args.model:
+            model, fit_s = Path(args.model).resolve(), None
+        else:
+            model = tmp / "model.h5"
+            print(f"training one model at {args.level:g} % noise ...", flush=True)
+            fit_s = _train(model, args.level)
         for r in range(args.rounds):
             for name, src in (("baseline", base), ("this", this)):
                 res = _child(src, model, args.level, args.repeats, tmp / f"A_{name}.npy")
@@ -188,9 +196,10 @@ def main(argv=None) -> int:
         f"torch threads {result['threads']}; this checkout git {result['this']}, "
         f"baseline git {result['baseline']['git']}.",
         "",
-        f"64x64 scan, 128x128 patterns, {args.level:g} % noise; one model (trained "
-        f"by this checkout in {fit_s:.0f} s) predicted by both; {args.rounds} "
-        f"alternating subprocesses per checkout x {args.repeats} timings, medians.",
+        f"64x64 scan, 128x128 patterns, {args.level:g} % noise; one model ("
+        + (f"`{args.model}`" if args.model else f"trained here in {fit_s:.0f} s")
+        + f") predicted by both; {args.rounds} alternating subprocesses per checkout "
+        f"x {args.repeats} timings, medians.",
         "",
         "| what | baseline s | this s | baseline patterns/s | this patterns/s | speed-up |",
         "|---|---|---|---|---|---|",

@@ -30,14 +30,7 @@ from .io import OutputExistsError, atomic_write, is_emd_file
 from .losses import LOSSES
 from .model import CCSTAENet
 from .spotfit import base_patches, find_spots, pattern_background, refine_spots
-from .train import (
-    TrainConfig,
-    encode,
-    encoder_sensitivity,
-    fit_network,
-    inference_net,
-    resolve_device,
-)
+from .train import TrainConfig, encode, encoder_sensitivity, fit_network, resolve_device
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
 
@@ -120,8 +113,6 @@ RETRY_SEED_STEP = 1000
 
 #: Patterns read and predicted at a time.
 _PREDICT_BATCH = 1024
-#: Patterns per encoder call in predict (small batches stay in cache).
-_ENCODE_BATCH = 32
 
 OUTPUT_SLICES = ("e_xx", "e_yy", "e_xy", "theta", "mask", "class", "error")
 
@@ -480,11 +471,10 @@ class CCSTAE:
         A = torch.empty(N, 2, 2, dtype=torch.float64)
         cls = torch.empty(N, dtype=torch.long)
         error = torch.empty(N, dtype=torch.float64)
-        enc_net = inference_net(self.net)
         # streamed: memory holds one batch of inputs plus the outputs
         for idx, xb in inputs.iter_batches(_PREDICT_BATCH):
             X = torch.from_numpy(xb)
-            enc = encode(enc_net, X, batch_size=_ENCODE_BATCH)
+            enc = encode(self.net, X)
             Ab = enc["A"].to(torch.float64)
             if do_refine:
                 out = refine_spots(

@@ -13,7 +13,6 @@ base learned by gradient steps.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import torch
 from .losses import cycle_losses, strain_hinge
 from .model import CCSTAENet
 
-__all__ = ["TrainConfig", "fit_network", "encode", "inference_net", "resolve_device"]
+__all__ = ["TrainConfig", "fit_network", "encode", "resolve_device"]
 
 
 @dataclass
@@ -126,16 +125,6 @@ def resolve_device(device: str) -> torch.device:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but CUDA is not available")
     return torch.device(device)
-
-
-def inference_net(net: CCSTAENet) -> CCSTAENet:
-    """A copy of ``net`` for prediction: eval mode, channels-last weights.
-
-    Channels-last convolutions run about 1.3x faster on a CPU; outputs equal
-    those of ``net`` to float32 rounding (~1e-7). ``net`` itself is untouched,
-    so training and saved weights keep the default layout.
-    """
-    return copy.deepcopy(net).eval().to(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
