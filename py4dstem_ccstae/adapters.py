@@ -10,7 +10,11 @@ Memory
 ------
 Only one batch of patterns is held at a time (resampled
 :data:`_RESAMPLE_CHUNK` patterns at a time), so memory does not grow with the
-scan. Pages of a ``numpy.memmap`` that have been read stay mapped into the
+scan, except for an optional cache of the resampled patterns that is kept
+only while it stays under ``cache_mb`` (:meth:`DiffractionInputs.from_datacube`;
+256 MB by default, e.g. a 64x64 scan at ``size=64`` takes 67 MB): it saves
+reading and resampling the data again for every later pass (fit, predict).
+Pages of a ``numpy.memmap`` that have been read stay mapped into the
 process and count in its resident set (RSS) until the kernel reclaims them; so
 after every read from a shared (``'r'``, ``'r+'``, ``'w+'``) memmap the mapping's
 pages are released with ``madvise(MADV_DONTNEED)`` (they stay in the OS page
@@ -350,6 +354,8 @@ class DiffractionInputs:
         self.bragg_peaks: np.ndarray | None = None
         self.mean_resampled = np.zeros((size, size))
         self._mean_input: np.ndarray | None = None
+        # resampled patterns (n_patterns, size, size) float32 when cached
+        self._cache: np.ndarray | None = None
         # detector offsets inv(C) @ q of every output pixel, (size, size, 2)
         t = (np.arange(size) - (size - 1) / 2.0) * self.dq
         q = np.stack(np.meshgrid(t, t, indexing="ij"), -1)
@@ -380,6 +386,7 @@ class DiffractionInputs:
         power: float = 0.5,
         ring: tuple[float, float] | None = None,
         batch_size: int = 256,
+        cache_mb: float = 256.0,
     ) -> DiffractionInputs:
         """Network inputs for a calibrated DataCube.
 
@@ -411,6 +418,15 @@ class DiffractionInputs:
             pattern (or from ``braggvectors``), outer = 0.95 x ``q_max``.
         batch_size : int
             Patterns read at a time, >= 1.
+        cache_mb : float
+            Keep the resampled patterns (float32, before intensity scaling) in
+            memory when they take at most this many MB (a 64x64 scan at
+            ``size=64``: 67 MB): the construction pass fills the cache and
+            later batches are served from it instead of reading and
+            resampling the DataCube again (the same values, bit for bit).
+            Larger scans are streamed as before; ``0`` never caches. A cached
+            object is a snapshot: later changes to the DataCube's data are not
+            seen.
 
         Returns
         -------
@@ -425,6 +441,7 @@ class DiffractionInputs:
         datacube = check_datacube(datacube, "datacube")
         size = _check_int(size, "size", 16, 512)
         batch_size = _check_int(batch_size, "batch_size", 1)
+        cache_mb = check_number(cache_mb, "cache_mb", low=0.0)
         if q_max is not None:
             q_max = check_number(q_max, "q_max", low=0.0, low_open=True)
         if not isinstance(scaling, str) or scaling not in SCALINGS:
@@ -509,17 +526,24 @@ class DiffractionInputs:
         self.scaling = scaling
         self.power = {"linear": 1.0, "sqrt": 0.5, "power": power, "log": None}[scaling]
 
-        # one pass: mean resampled pattern (and the log reference)
+        # one pass: mean resampled pattern (and the log reference), and the
+        # cache when it fits (float32 holds the resampled values exactly)
+        cache = None
+        if self.n_patterns * size * size * 4 <= cache_mb * 1e6:
+            cache = np.empty((self.n_patterns, size, size), np.float32)
         total = np.zeros((size, size))
         medians = []
         for idx in _iter_flat(self.n_patterns, batch_size):
             res = self._resample(idx)
+            if cache is not None:
+                cache[idx] = res
             total += res.sum(0)
             if scaling == "log":
                 pos = res[res > 0]
                 if pos.size:
                     medians.append(float(np.median(pos)))
         self.mean_resampled = total / self.n_patterns
+        self._cache = cache
         if scaling == "log":
             if not medians:
                 raise ValueError("datacube data are all zero inside the field of view")
@@ -558,8 +582,11 @@ class DiffractionInputs:
         """Area-averaged resampled patterns (n, size, size) float64 at flat ``indices``.
 
         Linear intensities (no scaling); geometry and averaging in the module
-        docs. Reads and resamples :data:`_RESAMPLE_CHUNK` patterns at a time.
+        docs. Reads and resamples :data:`_RESAMPLE_CHUNK` patterns at a time,
+        or copies them from the cache (``cache_mb`` of :meth:`from_datacube`).
         """
+        if self._cache is not None:
+            return self._cache[indices].astype(np.float64)
         if len(indices) > _RESAMPLE_CHUNK:
             return np.concatenate(
                 [

@@ -208,10 +208,10 @@ def test_streaming_reads_at_most_a_batch(distorted, monkeypatch):
     from py4dstem_ccstae import adapters
 
     dc, _ = distorted
-    ref = _inputs(dc, batch_size=5)
+    ref = _inputs(dc, batch_size=5, cache_mb=0)
     rec = _RecordingData(np.asarray(dc.data))
     dcr = py4DSTEM.DataCube(data=rec, calibration=dc.calibration.copy())
-    inp = _inputs(dcr, batch_size=5)
+    inp = _inputs(dcr, batch_size=5, cache_mb=0)  # streamed: every batch reads
     assert rec.reads and max(rec.reads) <= 5
     # a batch larger than _RESAMPLE_CHUNK (predict's batches) is read in chunks
     read = adapters._read_patterns
@@ -235,6 +235,32 @@ def test_streaming_reads_at_most_a_batch(distorted, monkeypatch):
     with pytest.warns(UserWarning, match="origin"):
         _inputs(bare, batch_size=4)
     assert rec.reads and max(rec.reads) <= 4
+
+
+def test_cache_serves_later_batches_exactly(distorted, monkeypatch):
+    """Under cache_mb the construction pass is the only read; values identical."""
+    from py4dstem_ccstae import adapters
+
+    dc, _ = distorted
+    streamed = _inputs(dc, cache_mb=0, scaling="sqrt")
+    cached = _inputs(dc, scaling="sqrt")  # 36 patterns: far under 256 MB
+    assert streamed._cache is None and cached._cache is not None
+    calls = []
+    read = adapters._read_patterns
+    monkeypatch.setattr(adapters, "_read_patterns", lambda *a: calls.append(1) or read(*a))
+    idx = np.array([35, 0, 13, 13])
+    got = cached.batch(idx), cached.to_array()
+    assert not calls  # served from the cache
+    want = streamed.batch(idx), streamed.to_array()
+    assert calls  # the streamed inputs read the data again
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    # over the budget: streamed; resized() inputs are never cached
+    tiny = 36 * 64 * 64 * 4 / 1e6
+    assert _inputs(dc, cache_mb=0.99 * tiny, size=64)._cache is None
+    assert _inputs(dc, cache_mb=tiny, size=64)._cache is not None
+    assert cached.resized(48)._cache is None
+    with pytest.raises(ValueError, match="cache_mb"):
+        _inputs(dc, cache_mb=-1)
 
 
 def _mapped_rss_kb(path) -> int:
