@@ -17,8 +17,9 @@ Per-pixel discrepancies (:func:`pixel_loss`, option ``loss``), between a
 * ``"l1"``: ``w |m - d|`` (robust to outlier pixels, e.g. hot pixels or
   a spot of another grain);
 * ``"poisson"``: the Poisson deviance ``m - d + d log(d / m)`` (``m``
-  clamped to ``>= 1e-6``), the likelihood loss for counts; meaningful only
-  on linearly scaled, non-negative intensities (``scaling="linear"``).
+  clamped to ``>= 1e-6``, as is ``d`` inside the log), the likelihood loss
+  for counts; meaningful only on linearly scaled, non-negative intensities
+  (``scaling="linear"``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def pixel_loss(
     if kind == "poisson":
         m = model.clamp_min(1e-6)
         d = data.clamp_min(0.0)
-        per = m - d + torch.xlogy(d, d) - torch.xlogy(d, m)
+        # the data side is a warp of the input, so gradients reach d too:
+        # d log d is taken with log's argument floored, else its gradient
+        # d / d is 0 / 0 = NaN at empty pixels
+        per = m - d + torch.xlogy(d, d.clamp_min(1e-6)) - torch.xlogy(d, m)
     else:
         per = diff * diff if kind == "mse" else diff.abs()
         if overshoot != 1.0:

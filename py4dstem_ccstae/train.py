@@ -434,6 +434,13 @@ def fit_network(
                 loss = (
                     fwd + config.cycle_weight * cyc + config.hinge_weight * hinge
                 ).mean()
+            if not math.isfinite(float(loss.detach())):
+                # a NaN step would silently turn every weight into NaN
+                raise RuntimeError(
+                    f"CCSTAE.fit: training diverged (non-finite loss in epoch {epoch}) "
+                    f"with loss={config.loss!r}, lr={config.lr:g}; try loss='mse' "
+                    "(the default) or a smaller lr"
+                )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

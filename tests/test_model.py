@@ -333,6 +333,28 @@ def test_pixel_losses():
     # zero data pixels are allowed (0 log 0 = 0)
     z = torch.zeros(1, 1, 2, 2)
     assert float(pixel_loss(m, z, one, "poisson")) == pytest.approx(float(m.mean()))
+    # ... also when the data side carries gradients (the forward term warps
+    # the input): d log d must not give 0 / 0 at empty pixels
+    zd = torch.tensor([0.0, 0.0, 1.0, 2.0]).view(1, 1, 2, 2).requires_grad_(True)
+    mg = m.clone().requires_grad_(True)
+    pixel_loss(mg, zd, one, "poisson").sum().backward()
+    assert torch.isfinite(zd.grad).all() and torch.isfinite(mg.grad).all()
+
+
+def test_diverging_training_raises_a_clear_error(monkeypatch):
+    from py4dstem_ccstae import train
+
+    real = train.cycle_losses
+
+    def nan_losses(*a, **k):
+        fwd, cyc, extra = real(*a, **k)
+        return fwd * float("nan"), cyc, extra
+
+    monkeypatch.setattr(train, "cycle_losses", nan_losses)
+    dc, _ = polycrystal(scan_shape=(4, 4), pattern_shape=(64, 64), num_grains=2, seed=1)
+    model = CCSTAE(size=32, epochs=2, batch_size=8, min_sensitivity=0.0)
+    with pytest.raises(RuntimeError, match="diverged.*loss='mse'"):
+        model.fit(dc, seed=0, progress=False, device="cpu")
 
 
 @pytest.mark.parametrize(
