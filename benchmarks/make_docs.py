@@ -10,7 +10,8 @@ command (``docs/benchmark_results/``); the prose comes from
 results from ``benchmarks/benchmarks_reading.md`` (comparison) and
 ``benchmarks/<name>_reading.md`` for ``speed`` (speed and memory), ``crlb``
 (Cramer-Rao bound), ``refinement`` and ``refinement_dynamical``
-(refinement options on the noise sweep's and the dynamical data).
+(refinement options on the noise sweep's and the dynamical data) and
+``training_options`` (mask schedule and losses).
 ``tests/test_docs.py`` checks that the committed page equals what this script
 produces, so no number is typed by hand.
 """
@@ -56,7 +57,13 @@ def render() -> str:
     text = TEMPLATE.read_text()
     reading = ROOT / "benchmarks" / "benchmarks_reading.md"
     text = text.replace("{{reading}}", reading.read_text().strip())
-    for name in ("speed", "crlb", "refinement", "refinement_dynamical"):
+    for name in (
+        "speed",
+        "crlb",
+        "refinement",
+        "refinement_dynamical",
+        "training_options",
+    ):
         path = ROOT / "benchmarks" / f"{name}_reading.md"
         body = path.read_text().strip() if path.exists() else ""
         text = text.replace(f"{{{{{name}_reading}}}}", body)
