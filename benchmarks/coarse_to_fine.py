@@ -27,13 +27,12 @@ import json
 import time
 from pathlib import Path
 
-KEYS = ("mae_e_xx", "mae_e_yy", "mae_e_xy", "mae_theta_deg")
+from _scores import encoder_and_refined, strain_cell
 
 
 def run(levels, seeds) -> list[dict]:
     from py4dstem_ccstae import CCSTAE
     from py4dstem_ccstae.estimator import DEFAULT_CONFIG
-    from py4dstem_ccstae.metrics import strain_errors
     from py4dstem_ccstae.simulate import add_background_noise, polycrystal
 
     clean, truth = polycrystal(scan_shape=(64, 64), pattern_shape=(128, 128), seed=0)
@@ -54,10 +53,7 @@ def run(levels, seeds) -> list[dict]:
                     "fit_s": time.perf_counter() - t0,
                     "sensitivity": model.fitted_["encoder_sensitivity"]["mean"],
                 }
-                for tag, refine in (("encoder", False), ("refined", True)):
-                    rs = model.strain_map(dc, reference=ref, refine_transforms=refine)
-                    e = strain_errors(rs, truth)
-                    row.update({f"{tag}_{k}": float(e[k]) for k in KEYS})
+                row.update(encoder_and_refined(model, dc, truth, ref))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
@@ -85,15 +81,11 @@ def markdown(result: dict) -> str:
         return f"{r['sensitivity']:.3f}" if "sensitivity" in r else ""
 
     for r in result["rows"]:
-
-        def three(tag, r=r):
-            return " / ".join(f"{1e3 * r[f'{tag}_{k}']:.2f}" for k in KEYS[:3])
-
         lines.append(
             f"| {r['noise']:g} | {r['seed']} | {r['coarse_sigma']:g} | {r['epochs']} | "
-            f"{r['fit_s']:.0f} | {sens(r)} | {three('encoder')} | "
+            f"{r['fit_s']:.0f} | {sens(r)} | {strain_cell(r, 'encoder')} | "
             f"{r['encoder_mae_theta_deg']:.3f} | "
-            f"{three('refined')} | {r['refined_mae_theta_deg']:.3f} |"
+            f"{strain_cell(r, 'refined')} | {r['refined_mae_theta_deg']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -33,7 +33,8 @@ import json
 import time
 from pathlib import Path
 
-KEYS = ("mae_e_xx", "mae_e_yy", "mae_e_xy", "mae_theta_deg")
+from _scores import encoder_and_refined, strain_cell
+
 VARIANTS = [
     {},
     {"mask_schedule": True},
@@ -49,7 +50,6 @@ def _label(variant: dict) -> str:
 
 def run(levels, variants, scan: int = 64) -> list[dict]:
     from py4dstem_ccstae import CCSTAE
-    from py4dstem_ccstae.metrics import strain_errors
     from py4dstem_ccstae.simulate import add_background_noise, polycrystal
 
     clean, truth = polycrystal(scan_shape=(scan, scan), pattern_shape=(128, 128), seed=0)
@@ -69,10 +69,7 @@ def run(levels, variants, scan: int = 64) -> list[dict]:
                 "sensitivity": model.fitted_["encoder_sensitivity"]["mean"],
                 "spots": len(model.fitted_["spots"] or []),
             }
-            for tag, refine in (("encoder", False), ("refined", True)):
-                rs = model.strain_map(dc, reference=ref, refine_transforms=refine)
-                e = strain_errors(rs, truth)
-                row.update({f"{tag}_{k}": float(e[k]) for k in KEYS})
+            row.update(encoder_and_refined(model, dc, truth, ref))
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -96,14 +93,10 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-
-        def three(tag, r=r):
-            return " / ".join(f"{1e3 * r[f'{tag}_{k}']:.2f}" for k in KEYS[:3])
-
         lines.append(
             f"| {r['noise']:g} | {r['variant']} | {r['attempts']} | {r['epochs']} | "
             f"{r['fit_s']:.0f} | {r['sensitivity']:.3f} | {r['spots']} | "
-            f"{three('encoder')} | {three('refined')} | "
+            f"{strain_cell(r, 'encoder')} | {strain_cell(r, 'refined')} | "
             f"{r['refined_mae_theta_deg']:.3f} |"
         )
     return "\n".join(lines) + "\n"
