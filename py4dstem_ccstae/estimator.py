@@ -445,6 +445,18 @@ class CCSTAE:
         from .losses import cycle_losses
 
         self._require_fitted()
+        bad = [
+            name
+            for name, t in [*self.net.named_parameters(), *self.net.named_buffers()]
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise ValueError(
+                f"the model holds non-finite values (in {', '.join(bad[:3])}{more}): "
+                "its training diverged (as the Poisson loss did before commit "
+                "1061830); fit it again"
+            )
         inputs = self._inputs(data)
         dev = next(self.net.parameters()).device
         do_refine = (

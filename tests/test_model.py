@@ -341,6 +341,19 @@ def test_pixel_losses():
     assert torch.isfinite(zd.grad).all() and torch.isfinite(mg.grad).all()
 
 
+def test_model_with_non_finite_weights_is_refused(fitted, data):
+    dc, _, _ = data
+    import copy
+
+    broken = copy.deepcopy(fitted)
+    with torch.no_grad():
+        broken.net.bases[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite values \\(in bases\\).*fit it again"):
+        broken.predict(dc)
+    with pytest.raises(ValueError, match="non-finite"):
+        broken.strain_map(dc)
+
+
 def test_diverging_training_raises_a_clear_error(monkeypatch):
     from py4dstem_ccstae import train
 
