@@ -69,26 +69,21 @@ def _speed(repeats: int, model_path: Path) -> dict:
     res = {"patterns": n, "threads": torch.get_num_threads(), "inputs_s": t_inputs}
     res["fit_s"] = t_fit
     res["epochs_run"] = len(model.history_)
-    for refine in (False, True) if repeats else ():
+    timed = {
+        "predict_encoder_only": lambda: model.predict(inputs, refine_transforms=False),
+        "predict_refined": lambda: model.predict(inputs, refine_transforms=True),
+        # what a notebook user waits for: from the DataCube, input pass included
+        "strain_map_datacube": lambda: model.strain_map(dc),
+    }
+    for key, run in timed.items() if repeats else ():
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            model.predict(inputs, refine_transforms=refine)
+            run()
             times.append(time.perf_counter() - t0)
-        key = "predict_refined" if refine else "predict_encoder_only"
         res[f"{key}_s_median"] = statistics.median(times)
         res[f"{key}_s_all"] = times
         res[f"{key}_patterns_per_s"] = n / statistics.median(times)
-    if repeats:
-        # what a notebook user waits for: from the DataCube, input pass included
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model.strain_map(dc)
-            times.append(time.perf_counter() - t0)
-        res["strain_map_datacube_s_median"] = statistics.median(times)
-        res["strain_map_datacube_s_all"] = times
-        res["strain_map_datacube_patterns_per_s"] = n / statistics.median(times)
     return res
 
 

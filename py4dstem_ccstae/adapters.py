@@ -615,11 +615,14 @@ class DiffractionInputs:
         s = self.supersample
         return torch.nn.functional.avg_pool2d(fine, s, s)[:, 0].double().numpy()
 
-    def _scale(self, x: np.ndarray) -> np.ndarray:
+    def _scale(self, x: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """Scaled intensities of ``x``; ``inplace``: ``x`` may be overwritten."""
         if self.scaling == "linear":
             return x
         if self.scaling == "log":
             return np.log1p(x / self.log_reference)
+        if self.power == 0.5:  # what x ** 0.5 computes, without a copy if allowed
+            return np.sqrt(x, out=x if inplace else None)
         return x**self.power
 
     def _direct_beam_radius(self, mean: np.ndarray) -> float:
@@ -744,12 +747,9 @@ class DiffractionInputs:
                 f"indices must be in [0, {self.n_patterns}), got range "
                 f"[{idx.min()}, {idx.max()}]"
             )
-        x = self._resample(idx)  # a fresh float64 array: scaled in place (large
-        # batches of fresh memory cost page faults more than arithmetic)
-        if self.scaling in ("sqrt", "power") and self.power == 0.5:
-            np.sqrt(x, out=x)  # what x ** 0.5 computes, without a copy
-        else:
-            x = self._scale(x)
+        # a fresh float64 array, scaled in place (large batches of fresh
+        # memory cost page faults more than arithmetic)
+        x = self._scale(self._resample(idx), inplace=True)
         x /= self.intensity_scale
         return x.astype(np.float32)
 

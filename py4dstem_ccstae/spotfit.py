@@ -469,7 +469,7 @@ def refine_spots(
         mi = (w * Ip).sum(-1) / wsum
         F = FB[cb]  # (B, n, P, P // 2 + 1)
         nb = th.shape[0]
-        # per-pattern state of the last iteration each pattern ran
+        # state of each pattern's last iteration, stored when it stops
         s_last = torch.zeros(nb, n, 2, dtype=dt, device=dev)
         a_last = torch.ones(nb, n, dtype=dt, device=dev)
         b_last = torch.zeros(nb, n, dtype=dt, device=dev)
@@ -521,12 +521,19 @@ def refine_spots(
             move = step[:, :4].abs().sum(-1) * reach + step[:, 4:].abs().sum(-1)
             scale = (0.5 / move.clamp_min(1e-12)).clamp(max=1.0)
             th[act] = tha - scale[:, None] * step
-            s_last[act], a_last[act], b_last[act] = s, a, b
-            it_b[act] += 1
-            err_b[act] = ((wa * r * r).sum((-1, -2)) / wa.sum((-1, -2)).clamp_min(1)).to(
+            keep = scale * move > tol
+            if it == iterations - 1:
+                keep[:] = False
+            stop = ~keep
+            done = act[stop]  # patterns that stop here: record their last state
+            it_b[done] = it + 1
+            ws, rs = wa[stop], r[stop]
+            err_b[done] = ((ws * rs * rs).sum((-1, -2)) / ws.sum((-1, -2)).clamp_min(1)).to(
                 torch.float64
             )
-            act = act[scale * move > tol]
+            if realign:
+                s_last[done], a_last[done], b_last[done] = s[stop], a[stop], b[stop]
+            act = act[keep]
             if act.numel() == 0:
                 break
         theta[sl] = th
