@@ -334,7 +334,7 @@ class CCSTAE:
                 resume=bool(resume) and attempt == first,
                 attempt=attempt,
             )
-            sens = encoder_sensitivity(net, probe)
+            sens = encoder_sensitivity(net, _lattice_probes(net, probe, inputs.mask, cfg))
             attempts.append(
                 {
                     "seed": attempt_seed,
@@ -359,10 +359,10 @@ class CCSTAE:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        bases = self.net.bases.detach().cpu().numpy()[:, 0]
-        spots, radius, _ = find_spots(
-            bases[0], inputs.mask, rel_threshold=float(self.config["spot_threshold"])
+        base_spots, radius = _find_base_spots(
+            self.net, inputs.mask, float(self.config["spot_threshold"])
         )
+        spots = next((sp for sp in base_spots if sp is not None), None)
         if spots is not None and self.config["refine"]:
             # spot patches of the bases, re-estimated from the aligned
             # training patterns (spotfit module docs), at the refinement's size
@@ -375,31 +375,54 @@ class CCSTAE:
             else:
                 sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[:n_sub]))
                 bases = _resize_bases(self.net.bases, rsize)
-            r_spots, r_radius = spots * f, radius * f
+            r_radius = radius * f
+            groups = _class_groups(enc["cls"], base_spots)
 
             def realign(bases, A, background=None):
-                return refine_spots(
-                    sub,
-                    base_patches(bases, r_spots, r_radius),
-                    enc["cls"],
-                    A,
-                    r_spots,
-                    r_radius,
-                    iterations=int(self.config["refine_steps"]),
-                    realign=True,
-                    background=background,
-                )
+                """Per class: refined transforms (N, 2, 2), translations, patches."""
+                A_out = A.clone().to(torch.float64)
+                t_out = torch.zeros(len(A), 2, dtype=torch.float64)
+                patches = []
+                for k, sp in enumerate(base_spots):
+                    if sp is None:
+                        patches.append(None)
+                        continue
+                    rows = groups.get(k)
+                    own = base_patches(bases[k : k + 1], sp * f, r_radius)
+                    if rows is None:  # a base no pattern chose: keep its own patches
+                        patches.append(own[0])
+                        continue
+                    out = refine_spots(
+                        sub[rows],
+                        own,
+                        torch.zeros(len(rows), dtype=torch.long),
+                        A[rows],
+                        sp * f,
+                        r_radius,
+                        iterations=int(self.config["refine_steps"]),
+                        realign=True,
+                        background=background,
+                    )
+                    A_out[rows], t_out[rows] = out["A"], out["t"]
+                    patches.append(out["patches"][0])
+                return A_out, t_out, patches
 
-            out = realign(bases, enc["A"])
+            A_r, t_r, patches = realign(bases, enc["A"])
             if self.config["background"] == "radial":
                 # each pattern's own spots are known now: estimate the static
-                # background without them, then realign again without it
-                background = torch.from_numpy(
-                    pattern_background(sub, out["A"], out["t"], r_spots, r_radius)
-                )
-                self.net.set_refine_background(background)
-                out = realign(bases - background, out["A"], background)
-            self.net.set_spot_patches(out["patches"])
+                # background without them (on the largest class with spots),
+                # then realign again without it
+                k0 = max(groups, key=lambda k: len(groups[k]), default=None)
+                if k0 is not None:
+                    rows = groups[k0]
+                    background = torch.from_numpy(
+                        pattern_background(
+                            sub[rows], A_r[rows], t_r[rows], base_spots[k0] * f, r_radius
+                        )
+                    )
+                    self.net.set_refine_background(background)
+                    A_r, t_r, patches = realign(bases - background, A_r, background)
+            self.net.set_spot_patches(_stack_patches(patches, base_spots))
         self.fitted_ = {
             "q_max": float(inputs.q_max),
             "ring": [float(r) for r in inputs.ring],
@@ -407,6 +430,7 @@ class CCSTAE:
             "units": inputs.units,
             "spots": None if spots is None else spots.tolist(),
             "spot_radius": radius,
+            "base_spots": [None if sp is None else sp.tolist() for sp in base_spots],
             "train_patterns": int(len(train_idx)),
             "train_seconds": time.perf_counter() - t0,
             "epochs_run": len(self.history_),
@@ -439,8 +463,13 @@ class CCSTAE:
         -------
         dict
             ``A`` (Rx, Ry, 2, 2) base -> pattern lattice matrices (calibrated
-            frame), ``class`` (Rx, Ry) int, ``error`` (Rx, Ry) masked mean
-            squared reconstruction error (scaled-intensity units).
+            frame; with several bases, each relative to the pattern's own
+            base), ``class`` (Rx, Ry) int (the base each pattern uses: the
+            class head's top-1), ``error`` (Rx, Ry) masked mean squared
+            reconstruction error (scaled-intensity units), ``valid`` (Rx, Ry)
+            bool: False where the pattern's base has no spots while another
+            base has them (vacuum or amorphous regions, whose ``A`` carries
+            no lattice); all True with one base.
         """
         from .losses import cycle_losses
 
@@ -463,22 +492,34 @@ class CCSTAE:
             self.config["refine"] if refine_transforms is None else refine_transforms
         )
         spots, spot_mask = self._spot_mask(inputs.size, inputs.mask)
-        patches = getattr(self.net, "spot_patches", None)
+        base_spots = self._base_spots()
+        # a base without spots (vacuum, amorphous) when another base has
+        # them: its patterns carry no lattice and are reported invalid
+        has_spots = [sp is not None for sp in base_spots]
+        valid_class = torch.tensor(has_spots if any(has_spots) else [True] * len(has_spots))
         do_refine = bool(do_refine) and spots is not None
         # the refinement may work on larger patterns than the encoder
         # (refine_size): same field of view, spot offsets scaled by f
         rsize = int(self.config["refine_size"] or inputs.size)
         f = rsize / inputs.size
         fine = inputs if rsize == inputs.size or not do_refine else inputs.resized(rsize)
-        if do_refine:
-            r_spots = spots.numpy() * f
-            r_radius = float(self.fitted_["spot_radius"]) * f
         # static background: stored by fit (background="radial" and refine)
         background = getattr(self.net, "refine_background", None)
-        if do_refine and patches is None:  # a model fitted with refine=False
-            bases = self.net.bases if f == 1 else _resize_bases(self.net.bases, rsize)
-            patches = base_patches(bases, r_spots, r_radius)
-            background = None
+        patches = getattr(self.net, "spot_patches", None)
+        class_patches = {}
+        if do_refine:
+            r_radius = float(self.fitted_["spot_radius"]) * f
+            if patches is None:  # a model fitted with refine=False
+                background = None
+                bases = self.net.bases if f == 1 else _resize_bases(self.net.bases, rsize)
+            for k, sp in enumerate(base_spots):
+                if sp is None:
+                    continue
+                if patches is None:
+                    class_patches[k] = base_patches(bases[k : k + 1], sp * f, r_radius)
+                else:
+                    class_patches[k] = patches[k : k + 1, : len(sp)]
+                class_patches[k] = class_patches[k].to(dev)
         N = inputs.n_patterns
         A = torch.empty(N, 2, 2, dtype=torch.float64)
         cls = torch.empty(N, dtype=torch.long)
@@ -488,35 +529,54 @@ class CCSTAE:
             X = torch.from_numpy(xb)
             enc = encode(self.net, X)
             Ab = enc["A"].to(torch.float64)
+            err = torch.full((len(idx),), float("nan"), dtype=torch.float64)
+            todo = torch.ones(len(idx), dtype=torch.bool)  # error still to compute
             if do_refine:
-                out = refine_spots(
-                    X if fine is inputs else torch.from_numpy(fine.batch(idx)),
-                    patches.to(dev),
-                    enc["cls"],
-                    Ab,
-                    r_spots,
-                    r_radius,
-                    iterations=int(self.config["refine_steps"]),
-                    background=background,
-                )
-                Ab, err = out["A"], out["error"]
-            else:
+                Xr = X if fine is inputs else torch.from_numpy(fine.batch(idx))
+                for k, rows in _class_groups(enc["cls"], base_spots).items():
+                    sel = slice(None) if len(rows) == len(idx) else rows
+                    out = refine_spots(
+                        Xr[sel],
+                        class_patches[k],
+                        torch.zeros(len(rows), dtype=torch.long),
+                        Ab[sel],
+                        base_spots[k] * f,
+                        r_radius,
+                        iterations=int(self.config["refine_steps"]),
+                        background=background,
+                    )
+                    Ab[sel], err[sel], todo[sel] = out["A"], out["error"], False
+            if bool(todo.any()):
+                # encoder only (or a base without spots): masked reconstruction error
+                rows = torch.nonzero(todo)[:, 0]
                 with torch.no_grad():
                     fwd, _, _ = cycle_losses(
-                        X.to(dev)[:, None],
-                        self.net.bases[enc["cls"].to(dev)],
-                        Ab.to(dev, torch.float32),
+                        X[rows].to(dev)[:, None],
+                        self.net.bases[enc["cls"][rows].to(dev)],
+                        Ab[rows].to(dev, torch.float32),
                         spot_mask.to(dev),
                     )
-                err = fwd.cpu()
+                err[rows] = fwd.cpu().to(torch.float64)
             t = torch.from_numpy(idx)
-            A[t], cls[t], error[t] = Ab.cpu(), enc["cls"], err.to(torch.float64)
+            A[t], cls[t], error[t] = Ab.cpu(), enc["cls"], err
         shape = inputs.scan_shape
         return {
             "A": A.cpu().numpy().astype(np.float64).reshape(*shape, 2, 2),
             "class": cls.numpy().reshape(shape),
             "error": error.cpu().numpy().astype(np.float64).reshape(shape),
+            "valid": valid_class[cls].numpy().reshape(shape),
         }
+
+    def _base_spots(self) -> list[np.ndarray | None]:
+        """Spot offsets ``(n_k, 2)`` of every base (model pixels), None without spots.
+
+        Models saved before per-base spots (``fitted_`` without
+        ``"base_spots"``) used the first base's spots for every base.
+        """
+        per_base = self.fitted_.get("base_spots")
+        if per_base is None:
+            per_base = [self.fitted_.get("spots")] * self.net.num_bases
+        return [None if sp is None else np.asarray(sp, dtype=float) for sp in per_base]
 
     def strain_map(self, data, reference: np.ndarray | None = None, **predict_kw):
         """Strain, shear and rotation as a py4DSTEM ``RealSlice``.
@@ -526,25 +586,54 @@ class CCSTAE:
         data : py4DSTEM.DataCube or DiffractionInputs
         reference : ndarray of bool (Rx, Ry), optional
             Reference region; ``None``: all positions (py4DSTEM's default).
+            With several bases, each class is relative to the median over its
+            own positions inside ``reference`` (a class with none there: over
+            all its positions, with a warning); the metadata's
+            ``class_reference`` records which.
 
         Returns
         -------
         py4DSTEM.RealSlice
-            Slices ``e_xx, e_yy, e_xy, theta, mask, class, error``.
+            Slices ``e_xx, e_yy, e_xy, theta, mask, class, error``. ``mask``
+            is 0 and the strain NaN where :meth:`predict` reports a pattern
+            as not ``valid`` (its base has no spots, e.g. vacuum).
         """
         from emdfile import Metadata
         from py4DSTEM import RealSlice
 
         pred = self.predict(data, **predict_kw)
         shape = pred["class"].shape
+        given = reference is not None
         if reference is None:
             reference = np.ones(shape, bool)
         reference = check_reference(reference, shape)
         T = LatticeTransform(pred["A"])
-        rel = T.relative_to(T.reference_from_mask(reference)).strain()
+        cls, valid = pred["class"], pred["valid"]
+        # each class is relative to its own reference: the transforms of
+        # different bases are not comparable (different lattices)
+        rel = {k: np.full(shape, np.nan) for k in STRAIN_KEYS}
+        class_reference = {}
+        for k in np.unique(cls[valid]):
+            members = (cls == k) & valid
+            ref_k = reference & members
+            source = "reference"
+            if not ref_k.any():
+                if given:
+                    warnings.warn(
+                        f"strain_map: no position of class {k} lies in the reference "
+                        f"region; its strain is relative to the median over its own "
+                        f"{int(members.sum())} positions",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                ref_k, source = members, "class"
+            strain_k = T.relative_to(T.reference_from_mask(ref_k)).strain()
+            for key in STRAIN_KEYS:
+                rel[key][members] = strain_k[key][members]
+            class_reference[int(k)] = {"positions": int(ref_k.sum()), "source": source}
         data_ = np.stack(
             [rel[k] for k in STRAIN_KEYS]
-            + [np.ones(shape), pred["class"].astype(float), pred["error"]]
+            + [valid.astype(float), cls.astype(float), pred["error"]]
         )
         rs = RealSlice(data=data_, name="ccstae_strain", slicelabels=list(OUTPUT_SLICES))
         from . import __version__
@@ -556,6 +645,7 @@ class CCSTAE:
                 "config": json.dumps(self.config),
                 "fitted": json.dumps(self.fitted_),
                 "reference_positions": int(reference.sum()),
+                "class_reference": json.dumps(class_reference),
             },
         )
         return rs
@@ -851,6 +941,66 @@ def _resize_bases(bases: torch.Tensor, size: int) -> torch.Tensor:
         return torch.nn.functional.interpolate(
             bases.detach(), size=(size, size), mode="bicubic", align_corners=False
         )
+
+
+def _find_base_spots(
+    net: CCSTAENet, ring_mask: np.ndarray, threshold: float
+) -> tuple[list[np.ndarray | None], float | None]:
+    """Spots of every base and the compared radius shared by all of them.
+
+    Returns a list (one entry per base) of spot offsets ``(n_k, 2)`` from the
+    pattern centre (model pixels; :func:`~py4dstem_ccstae.spotfit.find_spots`),
+    None for a base with fewer than two spots (vacuum, amorphous), and the
+    smallest compared radius over the bases with spots (model pixels; the
+    probe sets the disk size, which is the same for every phase of a scan),
+    None when no base has spots.
+    """
+    bases = net.bases.detach().cpu().numpy()[:, 0]
+    found = [find_spots(b, ring_mask, rel_threshold=threshold) for b in bases]
+    radii = [r for sp, r, _ in found if sp is not None]
+    return [sp for sp, _, _ in found], (min(radii) if radii else None)
+
+
+def _lattice_probes(
+    net: CCSTAENet, probe: torch.Tensor, ring_mask: np.ndarray, cfg: TrainConfig
+) -> torch.Tensor:
+    """The lock-on probes whose base has spots (all of them with one base).
+
+    A pattern of a base without spots (vacuum) has no lattice to follow, so
+    it would pull the encoder's sensitivity towards 0 in proportion to the
+    vacuum in the scan. Falls back to every probe when fewer than 16 remain.
+    """
+    if net.num_bases == 1:
+        return probe
+    base_spots, _ = _find_base_spots(net, ring_mask, cfg.spot_threshold)
+    lattice = torch.tensor([sp is not None for sp in base_spots])
+    keep = lattice[encode(net, probe)["cls"]]
+    return probe[keep] if int(keep.sum()) >= 16 else probe
+
+
+def _class_groups(cls: torch.Tensor, base_spots: list) -> dict[int, torch.Tensor]:
+    """Rows of every class whose base has spots: ``{k: indices}`` (non-empty only)."""
+    out = {}
+    for k, sp in enumerate(base_spots):
+        rows = torch.nonzero(cls == k)[:, 0]
+        if sp is not None and len(rows):
+            out[k] = rows
+    return out
+
+
+def _stack_patches(patches: list, base_spots: list) -> torch.Tensor:
+    """Per-base spot patches ``(n_k, P, P)`` (None: no spots) as one ``(K, n_max, P, P)``.
+
+    Rows beyond a base's own ``n_k`` spots are zero; the refinement only
+    uses the first ``n_k`` (``fitted_["base_spots"]``).
+    """
+    P = next(p.shape[-1] for p in patches if p is not None)
+    n_max = max(len(sp) for sp in base_spots if sp is not None)
+    out = torch.zeros(len(patches), n_max, P, P, dtype=torch.float32)
+    for k, p in enumerate(patches):
+        if p is not None:
+            out[k, : p.shape[0]] = p
+    return out
 
 
 def _checkpoint_attempt(path) -> int:

@@ -58,6 +58,7 @@ from .noise import add_background_noise, add_poisson_noise
 
 __all__ = [
     "polycrystal",
+    "phase_mixture",
     "add_background_noise",
     "add_poisson_noise",
     "MATERIALS",
@@ -65,6 +66,7 @@ __all__ = [
     "detector_matrix",
     "truth_transform",
     "TRUTH_SLICES",
+    "MIXTURE_TRUTH_SLICES",
 ]
 
 #: Materials known to the simulator: name -> (description, in-plane symmetry order).
@@ -90,6 +92,12 @@ TRUTH_SLICES = (
     "beta_10",
     "beta_11",
 )
+
+#: Slices of the ground-truth RealSlice returned by :func:`phase_mixture`.
+MIXTURE_TRUTH_SLICES = TRUTH_SLICES + ("phase",)
+
+#: Name of the empty phase of :func:`phase_mixture` (direct beam only).
+VACUUM = "vacuum"
 
 
 # --------------------------------------------------------------------- crystals
@@ -206,12 +214,19 @@ class _Microstructure:
 
 
 def _microstructure(
-    scan_shape, num_grains, strain_range, rotation_range, field, field_amplitude, rng
+    scan_shape,
+    num_grains,
+    strain_range,
+    rotation_range,
+    field,
+    field_amplitude,
+    rng,
+    reference_position=(0.18, 0.18),
 ) -> _Microstructure:
     Rx, Ry = scan_shape
     # grain 0 (reference) seeded near a corner so it is never squeezed out
     seeds = rng.uniform(0, 1, size=(num_grains, 2)) * np.array([Rx, Ry])
-    seeds[0] = (0.18 * Rx, 0.18 * Ry)
+    seeds[0] = (reference_position[0] * Rx, reference_position[1] * Ry)
     xx, yy = np.meshgrid(np.arange(Rx) + 0.5, np.arange(Ry) + 0.5, indexing="ij")
     d2 = (xx[..., None] - seeds[:, 0]) ** 2 + (yy[..., None] - seeds[:, 1]) ** 2
     grain = np.argmin(d2, axis=-1)
@@ -450,6 +465,7 @@ def polycrystal(
     ellipse_angle: float = 0.4,
     qr_rotation: float = 0.0,
     r_pixel_size: float = 1.0,
+    reference_position: tuple[float, float] = (0.18, 0.18),
     seed: int = 0,
 ):
     """Simulate a strained polycrystal 4D-STEM data set with ground truth.
@@ -513,6 +529,9 @@ def polycrystal(
         rotated on the detector so that py4DSTEM's calibration undoes it.
     r_pixel_size : float
         Scan step in nm.
+    reference_position : (float, float)
+        Seed of the reference grain (grain 0) as fractions of ``(Rx, Ry)``,
+        each in [0, 1]; the other grains' seeds are random.
     seed : int
         Seed of every random choice.
 
@@ -558,6 +577,13 @@ def polycrystal(
     ellipse_angle = check_number(ellipse_angle, "ellipse_angle")
     qr_rotation = check_number(qr_rotation, "qr_rotation", low=-360.0, high=360.0)
     r_pixel_size = check_number(r_pixel_size, "r_pixel_size", low=0.0, low_open=True)
+    if not isinstance(reference_position, (tuple, list)) or len(reference_position) != 2:
+        raise TypeError(
+            f"reference_position must be a pair of fractions, got {reference_position!r}"
+        )
+    reference_position = tuple(
+        check_number(v, "reference_position", low=0.0, high=1.0) for v in reference_position
+    )
     seed = check_seed(seed)
     nmin = min(pattern_shape)
     if disk_radius is None:
@@ -579,7 +605,14 @@ def polycrystal(
 
     rng = np.random.default_rng(seed)
     micro = _microstructure(
-        scan_shape, num_grains, strain_range, (rot_lo, rot_hi), field, field_amplitude, rng
+        scan_shape,
+        num_grains,
+        strain_range,
+        (rot_lo, rot_hi),
+        field,
+        field_amplitude,
+        rng,
+        reference_position,
     )
     truth_T = LatticeTransform.from_strain(**micro.strain)
     A_all = truth_T.params.reshape(-1, 2, 2)
@@ -705,11 +738,185 @@ def polycrystal(
         ellipse_angle=ellipse_angle,
         qr_rotation=qr_rotation,
         r_pixel_size=r_pixel_size,
+        reference_position=list(reference_position),
         seed=seed,
         first_order_spacing=g1,
         grain_table=micro.grain_strain,
     )
     truth.metadata = Metadata(name="simulation", data=params)
+    return datacube, truth
+
+
+def phase_mixture(
+    scan_shape: tuple[int, int] = (64, 64),
+    pattern_shape: tuple[int, int] = (128, 128),
+    *,
+    materials: tuple[str, str] = ("Si", VACUUM),
+    radius: float = 0.3,
+    seed: int = 0,
+    **options,
+):
+    """Two phases in one scan: a disk of ``materials[1]`` inside ``materials[0]``.
+
+    The second phase fills a disk centred at ``(0.68 Rx, 0.68 Ry)`` of radius
+    ``radius * min(Rx, Ry)``; the first phase fills the rest. A phase is a
+    material of :data:`MATERIALS` (a strained polycrystal of its own,
+    :func:`polycrystal`) or ``"vacuum"`` (the direct beam alone, carrying a
+    whole pattern's intensity). Both phases share the detector: pixel size,
+    disk radius, origin (and descan), ellipse and Q/R rotation. Each
+    crystalline phase has its own unstrained reference grain, seeded at
+    ``(0.18, 0.18)`` of the scan for the first phase and at the disk's
+    centre for the second, so both lie in their phase's region.
+
+    Parameters
+    ----------
+    scan_shape, pattern_shape : (int, int)
+        As :func:`polycrystal`.
+    materials : (str, str)
+        The two phases, each a key of :data:`MATERIALS` or ``"vacuum"``; at
+        least one crystalline.
+    radius : float
+        Radius of the second phase's disk as a fraction of ``min(Rx, Ry)``,
+        in (0, 0.32] (the disk stays inside the scan).
+    seed : int
+        Seed of every random choice (the second phase uses ``seed + 1``).
+    **options
+        Passed to :func:`polycrystal` for each crystalline phase (e.g.
+        ``num_grains``, ``strain_range``, ``rotation_range``, ``dynamical``,
+        ``descan``, ``ellipticity``, ``q_pixel_size``); not
+        ``material``, ``reference_position`` or ``seed``.
+
+    Returns
+    -------
+    datacube : py4DSTEM.DataCube
+        float32 ``[Rx, Ry, Qx, Qy]``, calibrated as by :func:`polycrystal`.
+    truth : py4DSTEM.RealSlice
+        Slices :data:`MIXTURE_TRUTH_SLICES`: those of :func:`polycrystal`,
+        each phase's strain relative to its own unstrained lattice (0 in
+        vacuum), ``mask`` 0 in vacuum, ``grain`` numbered across both phases
+        (the second phase's from the first's ``num_grains``; -1 in vacuum),
+        ``reference`` 1 on each crystalline phase's reference grain, and
+        ``phase`` the index into ``materials`` of every position. Metadata
+        ``simulation`` holds ``materials``, ``radius``, ``seed`` and each
+        crystalline phase's :func:`polycrystal` parameters as
+        ``phase_<k>.<name>``.
+    """
+    from emdfile import Metadata
+    from py4DSTEM import DataCube, RealSlice
+
+    scan_shape = check_shape2(scan_shape, "scan_shape", 2, 4096)
+    pattern_shape = check_shape2(pattern_shape, "pattern_shape", 32, 512)
+    if (
+        not isinstance(materials, (tuple, list))
+        or len(materials) != 2
+        or any(m not in MATERIALS and m != VACUUM for m in materials)
+    ):
+        raise ValueError(
+            f"materials must be two of {sorted(MATERIALS)} or {VACUUM!r}, got {materials!r}"
+        )
+    if all(m == VACUUM for m in materials):
+        raise ValueError("materials: at least one phase must be a crystal, got two vacuums")
+    radius = check_number(radius, "radius", low=0.0, high=0.32, low_open=True)
+    seed = check_seed(seed)
+    fixed = {"material", "reference_position", "seed"} & set(options)
+    if fixed:
+        raise TypeError(f"phase_mixture sets {sorted(fixed)} itself; do not pass them")
+    Rx, Ry = scan_shape
+    xx, yy = np.meshgrid(np.arange(Rx) + 0.5, np.arange(Ry) + 0.5, indexing="ij")
+    centre = (0.68, 0.68)
+    phase = (
+        (xx - centre[0] * Rx) ** 2 + (yy - centre[1] * Ry) ** 2
+        <= (radius * min(Rx, Ry)) ** 2
+    ).astype(int)
+    # one detector for both phases: the first crystal's default pixel size
+    first = next(m for m in materials if m != VACUUM)
+    if options.get("q_pixel_size") is None:
+        probe = material_spots(first, k_max=1.0)
+        g1 = float(np.min(np.hypot(*probe["g"].T)))
+        options["q_pixel_size"] = g1 / (min(pattern_shape) / 6.5)
+    if options.get("disk_radius") is None:
+        options["disk_radius"] = min(pattern_shape) / 32.0
+
+    rendered = {}
+    for k, material in enumerate(materials):
+        if material != VACUUM:
+            rendered[k] = polycrystal(
+                scan_shape,
+                pattern_shape,
+                material=material,
+                reference_position=(0.18, 0.18) if k == 0 else centre,
+                seed=seed + k,
+                **options,
+            )
+    k0 = min(rendered)
+    datacube0, truth0 = rendered[k0]
+    data = np.array(datacube0.data)
+    for k, (dc_k, _) in rendered.items():
+        if k != k0:
+            data[phase == k] = dc_k.data[phase == k]
+    if len(rendered) == 1:  # a vacuum phase: the direct beam alone
+        kv = 1 - k0
+        params = truth0.metadata["simulation"]
+        cal = datacube0.calibration
+        qps = float(params["q_pixel_size"])
+        ellipse = cal.get_ellipse()
+        C = detector_matrix(qps, ellipse, math.radians(float(params["qr_rotation"])))
+        ox, oy = cal.get_origin()
+        where = phase == kv
+        origins = np.stack([np.asarray(ox)[where], np.asarray(oy)[where]], -1)
+        n = len(origins)
+        data[where] = _render(
+            np.tile(np.eye(2), (n, 1, 1)),
+            origins,
+            np.zeros((1, 2)),
+            np.ones(1),
+            C,
+            pattern_shape,
+            float(params["disk_radius"]) * qps,
+            float(params["edge_width"]) * qps,
+        )
+    datacube = DataCube(data=data, name="simulated_phase_mixture")
+    # the calibration of the first crystal's DataCube (same detector for both)
+    src = datacube0.calibration
+    cal = datacube.calibration
+    cal.set_Q_pixel_size(src.get_Q_pixel_size())
+    cal.set_Q_pixel_units(src.get_Q_pixel_units())
+    cal.set_R_pixel_size(src.get_R_pixel_size())
+    cal.set_R_pixel_units(src.get_R_pixel_units())
+    cal.set_origin(src.get_origin())
+    if src.get_ellipse() is not None:
+        cal.set_ellipse(src.get_ellipse())
+    if src.get_QR_rotation() is not None:
+        cal.set_QR_rotation(src.get_QR_rotation())
+        cal.set_QR_flip(src.get_QR_flip())
+    cal.set_convergence_semiangle_pixels(float(options["disk_radius"]))
+
+    slices = {}
+    for name in TRUTH_SLICES:
+        out = np.zeros(scan_shape)
+        if name in ("beta_00", "beta_11"):
+            out[:] = 1.0  # vacuum: identity
+        if name == "grain":
+            out[:] = -1.0
+        for k, (_, t_k) in rendered.items():
+            v = np.asarray(t_k.get_slice(name).data, dtype=np.float64)
+            if name == "grain" and k == 1 and 0 in rendered:
+                v = v + int(rendered[0][1].metadata["simulation"]["num_grains"])
+            if name == "reference":
+                v = v * (phase == k)
+            out[phase == k] = v[phase == k]
+        slices[name] = out
+    slices["phase"] = phase.astype(np.float64)
+    truth = RealSlice(
+        data=np.stack([slices[k] for k in MIXTURE_TRUTH_SLICES]),
+        name="truth",
+        slicelabels=list(MIXTURE_TRUTH_SLICES),
+    )
+    meta = {"materials": list(materials), "radius": radius, "seed": seed}
+    for k, (_, t_k) in rendered.items():
+        sim = t_k.metadata["simulation"]
+        meta.update({f"phase_{k}.{key}": sim[key] for key in sim.keys})
+    truth.metadata = Metadata(name="simulation", data=meta)
     return datacube, truth
 
 

@@ -202,6 +202,54 @@ def encoder_sensitivity(
 
 
 @torch.no_grad()
+def best_bases(
+    x: torch.Tensor,
+    bases: torch.Tensor,
+    A: torch.Tensor,
+    mask: torch.Tensor,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """Index of the base that reconstructs each pattern best, (B,) long.
+
+    The training loss (forward + ``cycle_weight`` x cycle, the configured
+    per-pixel loss) of every pattern ``x`` (B, 1, S, S) against every base
+    ``bases`` (K, 1, S, S), each warped by the pattern's own transform ``A``
+    (B, 2, 2, base -> input, pixels); ties go to the lower index.
+    """
+    costs = []
+    for k in range(bases.shape[0]):
+        fwd, cyc, _ = cycle_losses(
+            x,
+            bases[k : k + 1].expand(x.shape[0], -1, -1, -1),
+            A,
+            mask,
+            loss=config.loss,
+            overshoot=config.overshoot,
+        )
+        costs.append(fwd + config.cycle_weight * cyc)
+    return torch.stack(costs, -1).argmin(-1)
+
+
+@torch.no_grad()
+def assign_bases(
+    net: CCSTAENet,
+    X: torch.Tensor,
+    A: torch.Tensor,
+    mask: torch.Tensor,
+    config: TrainConfig,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """:func:`best_bases` of patterns ``X`` (N, S, S) in batches, (N,) long on CPU."""
+    dev = net.bases.device
+    out = []
+    for s in range(0, X.shape[0], batch_size):
+        xb = X[s : s + batch_size].to(dev)[:, None]
+        ab = A[s : s + batch_size].to(dev, xb.dtype)
+        out.append(best_bases(xb, net.bases, ab, mask.to(dev), config).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+@torch.no_grad()
 def update_bases(
     net: CCSTAENet,
     X: torch.Tensor,
@@ -368,7 +416,16 @@ def fit_network(
     On CUDA, training steps run under automatic mixed precision (float16
     autocast with a gradient scaler); on CPU in float32.
 
-    Returns the per-epoch history (loss, forward, cycle, seconds).
+    With several bases, each pattern trains with the base that reconstructs
+    it best (:func:`best_bases`, a hard assignment as in k-means), passed to
+    the loss through the class head's probabilities with a straight-through
+    gradient; the head also learns to predict that base (cross-entropy,
+    recorded as ``class_loss``), so that its top-1 is the class at inference.
+    After every epoch each base becomes the aligned mean of the patterns
+    assigned to it (:func:`update_bases`).
+
+    Returns the per-epoch history (loss, forward, cycle, seconds; with
+    several bases also class_loss). ``loss`` is the reconstruction loss.
     """
     import json
     import os
@@ -418,7 +475,7 @@ def fit_network(
         net.train()
         perm = torch.randperm(N, generator=gen)[: min(N, config.epoch_size)]
         M = len(perm)
-        tot = fwd_tot = cyc_tot = 0.0
+        tot = fwd_tot = cyc_tot = cls_tot = 0.0
         sigma = coarse_sigma(config, epoch)
         for s in range(0, M, config.batch_size):
             idx = perm[s : s + config.batch_size]
@@ -426,7 +483,23 @@ def fit_network(
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
                 out = net(xb)
                 xs = gaussian_blur(xb, sigma)
-                bs = gaussian_blur(out["base"], sigma)
+                class_loss = 0.0
+                if net.num_bases == 1:
+                    bs = gaussian_blur(out["base"], sigma)
+                else:
+                    # hard assignment: each pattern trains with the base that
+                    # reconstructs it best (straight-through onto the class
+                    # head's probabilities), and the head learns to predict
+                    # that base (cross-entropy)
+                    blurred = gaussian_blur(net.bases, sigma)
+                    target = best_bases(xs, blurred, out["A"].detach(), mask, config)
+                    probs = out["probs"]
+                    hard = torch.nn.functional.one_hot(target, net.num_bases)
+                    sel = hard.to(probs.dtype) + probs - probs.detach()
+                    bs = torch.einsum("bk,kchw->bchw", sel, blurred)
+                    class_loss = torch.nn.functional.nll_loss(
+                        torch.log(probs.float().clamp_min(1e-12)), target
+                    )
                 fwd, cyc, _ = cycle_losses(
                     xs, bs, out["A"], mask, loss=config.loss, overshoot=config.overshoot
                 )
@@ -442,16 +515,25 @@ def fit_network(
                     "(the default) or a smaller lr"
                 )
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            # the class head's cross-entropy trains the head; the recorded
+            # loss (and the plateau stop) is the reconstruction's alone
+            scaler.scale(loss + class_loss).backward()
             scaler.step(opt)
             scaler.update()
             n = xb.shape[0]
             tot += float(loss.detach()) * n
             fwd_tot += float(fwd.detach().mean()) * n
             cyc_tot += float(cyc.detach().mean()) * n
+            cls_tot += (
+                float(class_loss.detach() if torch.is_tensor(class_loss) else class_loss)
+                * n
+            )
         Xs = X[perm]
         enc = encode(net, Xs)
-        update_bases(net, Xs, enc["A"], enc["cls"])
+        cls = enc["cls"]
+        if net.num_bases > 1:
+            cls = assign_bases(net, Xs, enc["A"], mask, config)
+        update_bases(net, Xs, enc["A"], cls)
         if config.base_l1 > 0:
             with torch.no_grad():
                 b = net.bases.data
@@ -463,6 +545,8 @@ def fit_network(
             "cycle": cyc_tot / M,
             "seconds": time.perf_counter() - t0,
         }
+        if net.num_bases > 1:
+            rec["class_loss"] = cls_tot / M
         if sigma > 0:
             rec["sigma"] = sigma
         first_shrink = int(math.ceil(config.shrink_start * config.epochs))

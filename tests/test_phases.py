@@ -1,0 +1,153 @@
+"""Several bases (num_bases > 1): phases and vacuum in one scan (simulator and model)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from py4dstem_ccstae.estimator import CCSTAE
+from py4dstem_ccstae.simulate import MIXTURE_TRUTH_SLICES, phase_mixture
+
+FAST = dict(size=48, epochs=6, batch_size=32, num_bases=2)
+KEYS = ("e_xx", "e_yy", "e_xy")
+
+
+@pytest.fixture(scope="module")
+def vacuum():
+    return phase_mixture((16, 16), (96, 96), materials=("Si", "vacuum"), num_grains=4)
+
+
+@pytest.fixture(scope="module")
+def two_crystals():
+    return phase_mixture((16, 16), (96, 96), materials=("Si", "MoS2"), num_grains=3)
+
+
+def _fit(dc):
+    with warnings.catch_warnings():
+        # scans this small rarely lock the encoder on (the lock-on check
+        # warns); the refinement still finds every pattern's lattice
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return CCSTAE(**FAST).fit(dc, seed=0, progress=False, device="cpu")
+
+
+def _majority(cls, where):
+    return int(np.bincount(cls[where]).argmax())
+
+
+def test_phase_mixture_layout_and_truth(vacuum, two_crystals):
+    dc, truth = vacuum
+    assert list(truth.slicelabels) == list(MIXTURE_TRUTH_SLICES)
+    phase = truth.get_slice("phase").data.astype(int)
+    assert 0.15 < phase.mean() < 0.45  # a disk of the second phase
+    ref = truth.get_slice("reference").data.astype(bool)
+    assert ref.any() and not (ref & (phase == 1)).any()
+    assert (truth.get_slice("mask").data == (phase == 0)).all()
+    assert (truth.get_slice("grain").data[phase == 1] == -1).all()
+    # vacuum: the direct beam alone, with a whole pattern's intensity
+    data = np.asarray(dc.data)
+    qx, qy = np.mgrid[:96, :96]
+    ox, oy = dc.calibration.get_origin()
+    far = np.hypot(qx - ox[0, 0], qy - oy[0, 0]) > 8
+    vac = data[phase == 1]
+    assert vac[:, far].max() < 1e-6 * vac.max()
+    totals = data.sum((-1, -2))
+    np.testing.assert_allclose(
+        totals[phase == 1].mean(), totals[phase == 0].mean(), rtol=0.02
+    )
+    # two crystals: each has its own reference grain, grains numbered apart
+    _, t2 = two_crystals
+    p2 = t2.get_slice("phase").data.astype(int)
+    r2 = t2.get_slice("reference").data.astype(bool)
+    assert (r2 & (p2 == 0)).any() and (r2 & (p2 == 1)).any()
+    grain = t2.get_slice("grain").data
+    assert set(np.unique(grain[p2 == 1])).isdisjoint(np.unique(grain[p2 == 0]))
+    assert truth.metadata["simulation"]["materials"] == ["Si", "vacuum"]
+
+
+def test_phase_mixture_bad_input():
+    with pytest.raises(ValueError, match="materials"):
+        phase_mixture((8, 8), materials=("Si", "Gold"))
+    with pytest.raises(ValueError, match="materials"):
+        phase_mixture((8, 8), materials=("vacuum", "vacuum"))
+    with pytest.raises(ValueError, match="radius"):
+        phase_mixture((8, 8), radius=0.5)
+    with pytest.raises(TypeError, match="reference_position"):
+        phase_mixture((8, 8), reference_position=(0, 0))
+
+
+def test_two_bases_separate_sample_from_vacuum(vacuum):
+    dc, truth = vacuum
+    model = _fit(dc)
+    phase = truth.get_slice("phase").data.astype(int)
+    ref = truth.get_slice("reference").data.astype(bool)
+    rs = model.strain_map(dc, reference=ref)
+    cls = rs.get_slice("class").data.astype(int)
+    k_vac = _majority(cls, phase == 1)
+    k_si = _majority(cls, phase == 0)
+    assert k_vac != k_si
+    assert np.mean(np.where(phase == 1, cls == k_vac, cls == k_si)) >= 0.97
+    # the vacuum base has no spots: its positions are invalid, strain NaN
+    assert model.fitted_["base_spots"][k_vac] is None
+    assert model.fitted_["base_spots"][k_si] is not None
+    mask = rs.get_slice("mask").data
+    assert (mask[cls == k_vac] == 0).all() and (mask[cls == k_si] == 1).all()
+    assert np.isnan(rs.get_slice("e_xx").data[cls == k_vac]).all()
+    # the crystal's strain follows the truth
+    crystal = (cls == k_si) & (phase == 0)
+    for k in KEYS:
+        est = rs.get_slice(k).data[crystal]
+        true = truth.get_slice(k).data[crystal]
+        assert np.abs(est - true).mean() < 1.5e-3, k
+        assert np.corrcoef(est, true)[0, 1] > 0.95, k
+    pred = model.predict(dc)
+    np.testing.assert_array_equal(pred["valid"], cls == k_si)
+
+
+def test_two_crystals_each_relative_to_its_own_reference(two_crystals, tmp_path):
+    dc, truth = two_crystals
+    model = _fit(dc)
+    phase = truth.get_slice("phase").data.astype(int)
+    ref = truth.get_slice("reference").data.astype(bool)
+    rs = model.strain_map(dc, reference=ref)
+    cls = rs.get_slice("class").data.astype(int)
+    k0, k1 = _majority(cls, phase == 0), _majority(cls, phase == 1)
+    assert k0 != k1
+    assert np.mean(np.where(phase == 1, cls == k1, cls == k0)) >= 0.97
+    # every base has its own spots (different lattices)
+    spots = model.fitted_["base_spots"]
+    assert spots[0] is not None and spots[1] is not None
+    assert len(spots[0]) != len(spots[1]) or not np.allclose(spots[0], spots[1])
+    assert (rs.get_slice("mask").data == 1).all()
+    for k in KEYS:
+        err = np.abs(rs.get_slice(k).data - truth.get_slice(k).data)
+        assert err[cls == np.where(phase == 1, k1, k0)].mean() < 1.5e-3, k
+    # a reference inside one phase only: the other class falls back to its
+    # own median, with a warning that names it
+    with pytest.warns(UserWarning, match=f"class {k1}"):
+        rs2 = model.strain_map(dc, reference=ref & (phase == 0))
+    same = cls == k0
+    np.testing.assert_array_equal(
+        rs2.get_slice("e_xx").data[same], rs.get_slice("e_xx").data[same]
+    )
+    # save/load keeps the per-base spots and patches
+    path = model.save(tmp_path / "two.h5")
+    loaded = CCSTAE.load(path)
+    a, b = model.predict(dc), loaded.predict(dc)
+    for key in ("A", "class", "error", "valid"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_models_without_per_base_spots_still_predict(two_crystals):
+    # models saved before per-base spots used the first base's spots for
+    # every base; one base: nothing changes
+    dc, truth = two_crystals
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # lock-on, as in _fit
+        model = CCSTAE(size=48, epochs=4, batch_size=32).fit(
+            dc, seed=0, progress=False, device="cpu"
+        )
+    before = model.predict(dc)
+    del model.fitted_["base_spots"]
+    after = model.predict(dc)
+    for key in ("A", "class", "error", "valid"):
+        np.testing.assert_array_equal(before[key], after[key])
