@@ -30,7 +30,14 @@ from .io import OutputExistsError, atomic_write, is_emd_file
 from .losses import LOSSES
 from .model import CCSTAENet
 from .spotfit import base_patches, find_spots, pattern_background, refine_spots
-from .train import TrainConfig, encode, encoder_sensitivity, fit_network, resolve_device
+from .train import (
+    TrainConfig,
+    assign_bases,
+    encode,
+    encoder_sensitivity,
+    fit_network,
+    resolve_device,
+)
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
 
@@ -215,6 +222,22 @@ class CCSTAE:
             kw["ring"] = tuple(ring)
         return DiffractionInputs.from_datacube(data, braggvectors, **kw)
 
+    def _train_config(self) -> TrainConfig:
+        """The :class:`~py4dstem_ccstae.train.TrainConfig` of this model's options."""
+        return TrainConfig(
+            epochs=self.config["epochs"],
+            epoch_size=self.config["epoch_size"],
+            batch_size=self.config["batch_size"],
+            lr=self.config["lr"],
+            mask_schedule=bool(self.config["mask_schedule"]),
+            spot_threshold=float(self.config["spot_threshold"]),
+            coarse_sigma=float(self.config["coarse_sigma"]),
+            coarse_epochs=int(self.config["coarse_epochs"]),
+            loss=self.config["loss"],
+            overshoot=float(self.config["overshoot"]),
+            base_l1=float(self.config["base_l1"]),
+        )
+
     # ---------------------------------------------------------------- fit
     def fit(
         self,
@@ -284,19 +307,7 @@ class CCSTAE:
         sym = self.config["symmetry"]
         if sym == "auto":
             sym = _detect_symmetry(inputs.mean_pattern(), inputs.mask)
-        cfg = TrainConfig(
-            epochs=self.config["epochs"],
-            epoch_size=self.config["epoch_size"],
-            batch_size=self.config["batch_size"],
-            lr=self.config["lr"],
-            mask_schedule=bool(self.config["mask_schedule"]),
-            spot_threshold=float(self.config["spot_threshold"]),
-            coarse_sigma=float(self.config["coarse_sigma"]),
-            coarse_epochs=int(self.config["coarse_epochs"]),
-            loss=self.config["loss"],
-            overshoot=float(self.config["overshoot"]),
-            base_l1=float(self.config["base_l1"]),
-        )
+        cfg = self._train_config()
         if checkpoint is not None:
             folder = Path(checkpoint).resolve().parent
             if not folder.is_dir():
@@ -354,7 +365,8 @@ class CCSTAE:
                 f"attempt(s) (sensitivity {sensitivity['mean']:.3f} < min_sensitivity "
                 f"{self.config['min_sensitivity']:g}); the strain map comes from the "
                 "per-pattern refinement alone and is less accurate. Try more "
-                "'retries', a larger 'coarse_sigma' or another seed "
+                "'retries', a larger 'coarse_sigma' or another seed; if the scan "
+                "holds vacuum or amorphous regions, num_bases=2 "
                 "(docs/troubleshooting.md).",
                 RuntimeWarning,
                 stacklevel=2,
@@ -376,7 +388,8 @@ class CCSTAE:
                 sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[:n_sub]))
                 bases = _resize_bases(self.net.bases, rsize)
             r_radius = radius * f
-            groups = _class_groups(enc["cls"], base_spots)
+            cls = _classes(self.net, X[:n_sub], enc, inputs.mask, cfg)
+            groups = _class_groups(cls, base_spots)
 
             def realign(bases, A, background=None):
                 """Per class: refined transforms (N, 2, 2), translations, patches."""
@@ -465,7 +478,8 @@ class CCSTAE:
             ``A`` (Rx, Ry, 2, 2) base -> pattern lattice matrices (calibrated
             frame; with several bases, each relative to the pattern's own
             base), ``class`` (Rx, Ry) int (the base each pattern uses: the
-            class head's top-1), ``error`` (Rx, Ry) masked mean squared
+            one that reconstructs it best under its transform, as in
+            training), ``error`` (Rx, Ry) masked mean squared
             reconstruction error (scaled-intensity units), ``valid`` (Rx, Ry)
             bool: False where the pattern's base has no spots while another
             base has them (vacuum or amorphous regions, whose ``A`` carries
@@ -493,6 +507,7 @@ class CCSTAE:
         )
         spots, spot_mask = self._spot_mask(inputs.size, inputs.mask)
         base_spots = self._base_spots()
+        cfg = self._train_config()
         # a base without spots (vacuum, amorphous) when another base has
         # them: its patterns carry no lattice and are reported invalid
         has_spots = [sp is not None for sp in base_spots]
@@ -528,6 +543,7 @@ class CCSTAE:
         for idx, xb in inputs.iter_batches(_PREDICT_BATCH):
             X = torch.from_numpy(xb)
             enc = encode(self.net, X)
+            enc["cls"] = _classes(self.net, X, enc, inputs.mask, cfg)
             Ab = enc["A"].to(torch.float64)
             err = torch.full((len(idx),), float("nan"), dtype=torch.float64)
             todo = torch.ones(len(idx), dtype=torch.bool)  # error still to compute
@@ -974,8 +990,25 @@ def _lattice_probes(
         return probe
     base_spots, _ = _find_base_spots(net, ring_mask, cfg.spot_threshold)
     lattice = torch.tensor([sp is not None for sp in base_spots])
-    keep = lattice[encode(net, probe)["cls"]]
+    keep = lattice[_classes(net, probe, encode(net, probe), ring_mask, cfg)]
     return probe[keep] if int(keep.sum()) >= 16 else probe
+
+
+def _classes(
+    net: CCSTAENet, X: torch.Tensor, enc: dict, ring_mask: np.ndarray, cfg: TrainConfig
+) -> torch.Tensor:
+    """Class of every pattern ``X`` (N, S, S) given its encoding ``enc``, (N,) long.
+
+    One base: the class head's (always 0). Several: the base that
+    reconstructs the pattern best under its transform
+    (:func:`~py4dstem_ccstae.train.assign_bases`, the training's own
+    assignment), which measured more reliable than the head's top-1 (the
+    head is trained on detached features, :func:`~py4dstem_ccstae.train.fit_network`).
+    """
+    if net.num_bases == 1:
+        return enc["cls"]
+    mask = torch.tensor(ring_mask, dtype=torch.float32)
+    return assign_bases(net, X, enc["A"], mask, cfg)
 
 
 def _class_groups(cls: torch.Tensor, base_spots: list) -> dict[int, torch.Tensor]:
@@ -1140,7 +1173,8 @@ def fit_strain(
     datacube : py4DSTEM.DataCube
         Calibrated 4D-STEM data ``[Rx, Ry, Qx, Qy]``.
     reference : ndarray of bool (Rx, Ry), optional
-        Reference region (None: all positions).
+        Reference region (None: all positions); with ``num_bases > 1`` per
+        class, as :meth:`CCSTAE.strain_map`.
     braggvectors : py4DSTEM BraggVectors, optional
         Calibrated Bragg vectors; used for the ring mask.
     seed, device, progress

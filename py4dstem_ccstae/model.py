@@ -112,7 +112,8 @@ class CCSTAENet(nn.Module):
         dict
             ``A`` (B, 2, 2) base -> input, ``strain`` (B, 3), ``phi`` (B,),
             ``onehot`` (B, K) straight-through one-hot, ``probs`` (B, K),
-            ``base`` (B, 1, S, S) the selected base.
+            ``base`` (B, 1, S, S) the selected base, ``features`` (B, 128)
+            the dense features all heads read.
         """
         h = self.dense(self.pool(self.features(x)))
         strain = self.max_strain * torch.tanh(self.strain_head(h))
@@ -129,6 +130,7 @@ class CCSTAENet(nn.Module):
             "onehot": onehot,
             "probs": probs,
             "base": base,
+            "features": h,
         }
 
     def _set_buffer(self, name: str, value: torch.Tensor) -> None:

@@ -497,9 +497,12 @@ def fit_network(
                     hard = torch.nn.functional.one_hot(target, net.num_bases)
                     sel = hard.to(probs.dtype) + probs - probs.detach()
                     bs = torch.einsum("bk,kchw->bchw", sel, blurred)
-                    class_loss = torch.nn.functional.nll_loss(
-                        torch.log(probs.float().clamp_min(1e-12)), target
-                    )
+                    # on detached features: the cross-entropy (order 0.1-1)
+                    # dwarfs the reconstruction loss (order 1e-4); through the
+                    # shared layers it would fill Adam's second moments and
+                    # slow the transform's learning for hundreds of steps
+                    logits = net.class_head(out["features"].detach())
+                    class_loss = torch.nn.functional.cross_entropy(logits.float(), target)
                 fwd, cyc, _ = cycle_losses(
                     xs, bs, out["A"], mask, loss=config.loss, overshoot=config.overshoot
                 )
