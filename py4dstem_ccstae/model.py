@@ -14,7 +14,9 @@ Shapes and conventions
   lattice of n-fold symmetry, so angles wrap correctly and no per-data-set
   offset is needed.
 * Bases: ``(K, 1, S, S)`` learned "average" patterns; the k-sparse layer picks
-  one per pattern (top-1 with a straight-through gradient).
+  one per pattern (top-1 with a straight-through gradient). Training and the
+  estimator use the base that reconstructs a pattern best instead of the
+  head's own top-1 (:func:`py4dstem_ccstae.train.fit_network`).
 """
 
 from __future__ import annotations

@@ -419,8 +419,9 @@ def fit_network(
     With several bases, each pattern trains with the base that reconstructs
     it best (:func:`best_bases`, a hard assignment as in k-means), passed to
     the loss through the class head's probabilities with a straight-through
-    gradient; the head also learns to predict that base (cross-entropy,
-    recorded as ``class_loss``), so that its top-1 is the class at inference.
+    gradient; the head also learns to predict that base (cross-entropy on
+    detached features, recorded as ``class_loss``). The estimator assigns
+    classes at inference by the same rule (:func:`assign_bases`).
     After every epoch each base becomes the aligned mean of the patterns
     assigned to it (:func:`update_bases`).
 

@@ -75,7 +75,7 @@ def test_phase_mixture_bad_input():
         phase_mixture((8, 8), reference_position=(0, 0))
 
 
-def test_two_bases_separate_sample_from_vacuum(vacuum):
+def test_two_bases_separate_sample_from_vacuum(vacuum, tmp_path):
     dc, truth = vacuum
     model = _fit(dc)
     phase = truth.get_slice("phase").data.astype(int)
@@ -101,6 +101,17 @@ def test_two_bases_separate_sample_from_vacuum(vacuum):
         assert np.corrcoef(est, true)[0, 1] > 0.95, k
     pred = model.predict(dc)
     np.testing.assert_array_equal(pred["valid"], cls == k_si)
+    # py4DSTEM draws and stores the map with its NaNs and mask
+    import matplotlib.pyplot as plt
+    import py4DSTEM
+
+    fig, _ = py4DSTEM.visualize.show_strain(
+        rs, vrange=[-2, 2], vrange_theta=[-3, 3], returnfig=True
+    )
+    plt.close(fig)
+    py4DSTEM.save(str(tmp_path / "strain.h5"), rs, mode="w")
+    back = py4DSTEM.read(str(tmp_path / "strain.h5"))
+    np.testing.assert_array_equal(back.data, rs.data)
 
 
 def test_two_crystals_each_relative_to_its_own_reference(two_crystals, tmp_path):
