@@ -718,11 +718,19 @@ def _report(res: dict, what: str) -> None:
     if what == "fit" and fitted:
         spots = fitted.get("spots") or []
         thr = res["model"].config["spot_threshold"]
-        print(
-            f"spots:  {len(spots)} spots of the base refined (spot_threshold {thr:g})"
-            if spots
-            else "spots:  fewer than 2 spots found on the base: no refinement"
-        )
+        per_base = fitted.get("base_spots") or [spots]
+        if len(per_base) > 1:
+            counts = ", ".join(
+                f"base {k}: {len(sp)}" if sp else f"base {k}: none (invalid)"
+                for k, sp in enumerate(per_base)
+            )
+            print(f"spots:  {counts} (spot_threshold {thr:g})")
+        else:
+            print(
+                f"spots:  {len(spots)} spots of the base refined (spot_threshold {thr:g})"
+                if spots
+                else "spots:  fewer than 2 spots found on the base: no refinement"
+            )
     out = res["output"]
     print(f"strain: {out}  ->  py4DSTEM.read('{out}', datapath='{res['strain_datapath']}')")
     if what == "fit":

@@ -75,9 +75,14 @@ def test_phase_mixture_bad_input():
         phase_mixture((8, 8), reference_position=(0, 0))
 
 
-def test_two_bases_separate_sample_from_vacuum(vacuum, tmp_path):
+@pytest.fixture(scope="module")
+def vacuum_model(vacuum):
+    return _fit(vacuum[0])
+
+
+def test_two_bases_separate_sample_from_vacuum(vacuum, vacuum_model, tmp_path):
     dc, truth = vacuum
-    model = _fit(dc)
+    model = vacuum_model
     phase = truth.get_slice("phase").data.astype(int)
     ref = truth.get_slice("reference").data.astype(bool)
     rs = model.strain_map(dc, reference=ref)
@@ -162,3 +167,24 @@ def test_models_without_per_base_spots_still_predict(two_crystals):
     after = model.predict(dc)
     for key in ("A", "class", "error", "valid"):
         np.testing.assert_array_equal(before[key], after[key])
+
+
+def test_command_line_report_lists_every_base(vacuum_model, capsys):
+    from py4dstem_ccstae.cli import _report
+
+    res = {
+        "scan_shape": (16, 16),
+        "pattern_shape": (96, 96),
+        "input": "x.h5",
+        "seconds": 1.0,
+        "model": vacuum_model,
+        "output": "out.h5",
+        "strain_datapath": "ccstae/strain",
+        "plot": None,
+    }
+    _report(res, "fit")
+    text = capsys.readouterr().out
+    per_base = vacuum_model.fitted_["base_spots"]
+    k_vac = per_base.index(None)
+    assert f"base {k_vac}: none (invalid)" in text
+    assert f"base {1 - k_vac}: {len(per_base[1 - k_vac])}" in text
