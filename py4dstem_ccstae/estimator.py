@@ -118,6 +118,12 @@ SENSITIVITY_PATTERNS = 256
 #: Seed step between training attempts (attempt ``k`` uses ``seed + k * step``).
 RETRY_SEED_STEP = 1000
 
+#: Median spot gain below which a training pattern shows no lattice of its base.
+WEAK_GAIN = 0.25
+
+#: Fraction of such patterns from which ``fit`` warns (vacuum in the scan).
+WEAK_WARN_FRACTION = 0.05
+
 #: Patterns read and predicted at a time.
 _PREDICT_BATCH = 1024
 
@@ -375,6 +381,7 @@ class CCSTAE:
             self.net, inputs.mask, float(self.config["spot_threshold"])
         )
         spots = next((sp for sp in base_spots if sp is not None), None)
+        spot_gain = None
         if spots is not None and self.config["refine"]:
             # spot patches of the bases, re-estimated from the aligned
             # training patterns (spotfit module docs), at the refinement's size
@@ -395,6 +402,7 @@ class CCSTAE:
                 """Per class: refined transforms (N, 2, 2), translations, patches."""
                 A_out = A.clone().to(torch.float64)
                 t_out = torch.zeros(len(A), 2, dtype=torch.float64)
+                gain = torch.full((len(A),), float("nan"))
                 patches = []
                 for k, sp in enumerate(base_spots):
                     if sp is None:
@@ -417,10 +425,11 @@ class CCSTAE:
                         background=background,
                     )
                     A_out[rows], t_out[rows] = out["A"], out["t"]
+                    gain[rows] = out["gain"].median(-1).values
                     patches.append(out["patches"][0])
-                return A_out, t_out, patches
+                return A_out, t_out, patches, gain
 
-            A_r, t_r, patches = realign(bases, enc["A"])
+            A_r, t_r, patches, gain = realign(bases, enc["A"])
             if self.config["background"] == "radial":
                 # each pattern's own spots are known now: estimate the static
                 # background without them (on the largest class with spots),
@@ -434,8 +443,27 @@ class CCSTAE:
                         )
                     )
                     self.net.set_refine_background(background)
-                    A_r, t_r, patches = realign(bases - background, A_r, background)
+                    A_r, t_r, patches, gain = realign(bases - background, A_r, background)
             self.net.set_spot_patches(_stack_patches(patches, base_spots))
+            spot_gain = gain[~torch.isnan(gain)].numpy()
+        spot_gain_q, weak = None, None
+        if spot_gain is not None and spot_gain.size:
+            spot_gain_q = [float(v) for v in np.percentile(spot_gain, [1, 5, 25, 50, 95])]
+            weak = float((spot_gain < WEAK_GAIN).mean())
+            if weak >= WEAK_WARN_FRACTION:
+                hint = (
+                    "fit with num_bases=2 so that they get a base of their own"
+                    if self.config["num_bases"] == 1
+                    else "a larger num_bases may separate them"
+                )
+                warnings.warn(
+                    f"CCSTAE.fit: {100 * weak:.0f} % of the training patterns show "
+                    f"none of the base's Bragg spots (median spot gain < {WEAK_GAIN:g}): "
+                    f"vacuum or amorphous regions in the scan? They are fitted as "
+                    f"crystal and degrade the model; {hint} (docs/troubleshooting.md).",
+                    UserWarning,
+                    stacklevel=2,
+                )
         self.fitted_ = {
             "q_max": float(inputs.q_max),
             "ring": [float(r) for r in inputs.ring],
@@ -444,6 +472,8 @@ class CCSTAE:
             "spots": None if spots is None else spots.tolist(),
             "spot_radius": radius,
             "base_spots": [None if sp is None else sp.tolist() for sp in base_spots],
+            "spot_gain_quantiles": spot_gain_q,
+            "weak_fraction": weak,
             "train_patterns": int(len(train_idx)),
             "train_seconds": time.perf_counter() - t0,
             "epochs_run": len(self.history_),

@@ -406,8 +406,10 @@ def refine_spots(
         ``A`` (N, 2, 2) float64 refined transforms, ``t`` (N, 2)
         translations (pixels), ``error`` (N,) mean squared residual over the
         compared pixels (scaled-intensity units), ``iterations`` (N,) int
-        Gauss-Newton iterations each pattern ran; ``patches`` with
-        ``realign``.
+        Gauss-Newton iterations each pattern ran; with ``realign``,
+        ``patches`` and ``gain`` (N, n) float32: each spot's fitted gain
+        (intensity relative to the base's spot, at least 0.05) at the last
+        iteration.
     """
     dev = patches.device
     dt = torch.float32
@@ -441,6 +443,7 @@ def refine_spots(
     ).to(dev)
     error = torch.zeros(N, dtype=torch.float64)
     n_iter = torch.zeros(N, dtype=torch.long)
+    gain = torch.ones(N, n, dtype=dt) if realign else None
     edge = (taper < 0.05).to(dt)
 
     def _inv(G: torch.Tensor) -> torch.Tensor:
@@ -540,6 +543,7 @@ def refine_spots(
         error[sl] = err_b.cpu()
         n_iter[sl] = it_b.cpu()
         if realign:
+            gain[sl] = a_last.cpu()
             # spot patches shifted back onto the base, gain and offset removed
             back = torch.fft.irfft2(
                 torch.fft.rfft2(Ipatch) * _phase(-s_last, fx, fy), s=(P, P)
@@ -557,4 +561,5 @@ def refine_spots(
     }
     if realign:
         out["patches"] = torch.where(cnt > 0, acc / cnt.clamp_min(1), Bp)
+        out["gain"] = gain
     return out

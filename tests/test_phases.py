@@ -153,6 +153,21 @@ def test_two_crystals_each_relative_to_its_own_reference(two_crystals, tmp_path)
         np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_one_base_on_a_scan_with_vacuum_warns(vacuum, vacuum_model):
+    # a third of the scan shows none of the base's spots: fit says so
+    dc, truth = vacuum
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.warns(UserWarning, match="num_bases=2"):
+            model = CCSTAE(size=48, epochs=4, batch_size=32).fit(
+                dc, seed=0, progress=False, device="cpu"
+            )
+    vacuum_share = float(truth.get_slice("phase").data.mean())
+    assert abs(model.fitted_["weak_fraction"] - vacuum_share) < 0.05
+    # with a base for the vacuum, no pattern of a crystal class is weak
+    assert vacuum_model.fitted_["weak_fraction"] < 0.05
+
+
 def test_models_without_per_base_spots_still_predict(two_crystals):
     # models saved before per-base spots used the first base's spots for
     # every base; one base: nothing changes
