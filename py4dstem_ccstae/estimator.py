@@ -32,10 +32,10 @@ from .model import CCSTAENet
 from .spotfit import base_patches, find_spots, pattern_background, refine_spots
 from .train import (
     TrainConfig,
-    assign_bases,
     encode,
     encoder_sensitivity,
     fit_network,
+    pattern_classes,
     resolve_device,
 )
 
@@ -395,7 +395,7 @@ class CCSTAE:
                 sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[:n_sub]))
                 bases = _resize_bases(self.net.bases, rsize)
             r_radius = radius * f
-            cls = _classes(self.net, X[:n_sub], enc, inputs.mask, cfg)
+            cls = pattern_classes(self.net, X[:n_sub], enc, mask, cfg)
             groups = _class_groups(cls, base_spots)
 
             def realign(bases, A, background=None):
@@ -403,30 +403,29 @@ class CCSTAE:
                 A_out = A.clone().to(torch.float64)
                 t_out = torch.zeros(len(A), 2, dtype=torch.float64)
                 gain = torch.full((len(A),), float("nan"))
-                patches = []
-                for k, sp in enumerate(base_spots):
-                    if sp is None:
-                        patches.append(None)
-                        continue
-                    rows = groups.get(k)
-                    own = base_patches(bases[k : k + 1], sp * f, r_radius)
-                    if rows is None:  # a base no pattern chose: keep its own patches
-                        patches.append(own[0])
-                        continue
-                    out = refine_spots(
-                        sub[rows],
-                        own,
-                        torch.zeros(len(rows), dtype=torch.long),
-                        A[rows],
-                        sp * f,
-                        r_radius,
-                        iterations=int(self.config["refine_steps"]),
-                        realign=True,
-                        background=background,
-                    )
+                # every base with spots keeps its own patches unless its
+                # patterns re-estimate them
+                own = {
+                    k: base_patches(bases[k : k + 1], sp * f, r_radius)
+                    for k, sp in enumerate(base_spots)
+                    if sp is not None
+                }
+                patches = [own[k][0] if k in own else None for k in range(len(base_spots))]
+                for k, (rows, out) in _refine_classes(
+                    sub,
+                    A,
+                    groups,
+                    base_spots,
+                    own,
+                    f,
+                    r_radius,
+                    iterations=int(self.config["refine_steps"]),
+                    background=background,
+                    realign=True,
+                ).items():
                     A_out[rows], t_out[rows] = out["A"], out["t"]
                     gain[rows] = out["gain"].median(-1).values
-                    patches.append(out["patches"][0])
+                    patches[k] = out["patches"][0]
                 return A_out, t_out, patches, gain
 
             A_r, t_r, patches, gain = realign(bases, enc["A"])
@@ -538,6 +537,7 @@ class CCSTAE:
         spots, spot_mask = self._spot_mask(inputs.size, inputs.mask)
         base_spots = self._base_spots()
         cfg = self._train_config()
+        ring = torch.tensor(inputs.mask, dtype=torch.float32)
         # a base without spots (vacuum, amorphous) when another base has
         # them: its patterns carry no lattice and are reported invalid
         has_spots = [sp is not None for sp in base_spots]
@@ -573,25 +573,24 @@ class CCSTAE:
         for idx, xb in inputs.iter_batches(_PREDICT_BATCH):
             X = torch.from_numpy(xb)
             enc = encode(self.net, X)
-            enc["cls"] = _classes(self.net, X, enc, inputs.mask, cfg)
+            enc["cls"] = pattern_classes(self.net, X, enc, ring, cfg)
             Ab = enc["A"].to(torch.float64)
             err = torch.full((len(idx),), float("nan"), dtype=torch.float64)
             todo = torch.ones(len(idx), dtype=torch.bool)  # error still to compute
             if do_refine:
                 Xr = X if fine is inputs else torch.from_numpy(fine.batch(idx))
-                for k, rows in _class_groups(enc["cls"], base_spots).items():
-                    sel = slice(None) if len(rows) == len(idx) else rows
-                    out = refine_spots(
-                        Xr[sel],
-                        class_patches[k],
-                        torch.zeros(len(rows), dtype=torch.long),
-                        Ab[sel],
-                        base_spots[k] * f,
-                        r_radius,
-                        iterations=int(self.config["refine_steps"]),
-                        background=background,
-                    )
-                    Ab[sel], err[sel], todo[sel] = out["A"], out["error"], False
+                for rows, out in _refine_classes(
+                    Xr,
+                    Ab,
+                    _class_groups(enc["cls"], base_spots),
+                    base_spots,
+                    class_patches,
+                    f,
+                    r_radius,
+                    iterations=int(self.config["refine_steps"]),
+                    background=background,
+                ).values():
+                    Ab[rows], err[rows], todo[rows] = out["A"], out["error"], False
             if bool(todo.any()):
                 # encoder only (or a base without spots): masked reconstruction error
                 rows = torch.nonzero(todo)[:, 0]
@@ -1020,25 +1019,9 @@ def _lattice_probes(
         return probe
     base_spots, _ = _find_base_spots(net, ring_mask, cfg.spot_threshold)
     lattice = torch.tensor([sp is not None for sp in base_spots])
-    keep = lattice[_classes(net, probe, encode(net, probe), ring_mask, cfg)]
-    return probe[keep] if int(keep.sum()) >= 16 else probe
-
-
-def _classes(
-    net: CCSTAENet, X: torch.Tensor, enc: dict, ring_mask: np.ndarray, cfg: TrainConfig
-) -> torch.Tensor:
-    """Class of every pattern ``X`` (N, S, S) given its encoding ``enc``, (N,) long.
-
-    One base: the class head's (always 0). Several: the base that
-    reconstructs the pattern best under its transform
-    (:func:`~py4dstem_ccstae.train.assign_bases`, the training's own
-    assignment), which measured more reliable than the head's top-1 (the
-    head is trained on detached features, :func:`~py4dstem_ccstae.train.fit_network`).
-    """
-    if net.num_bases == 1:
-        return enc["cls"]
     mask = torch.tensor(ring_mask, dtype=torch.float32)
-    return assign_bases(net, X, enc["A"], mask, cfg)
+    keep = lattice[pattern_classes(net, probe, encode(net, probe), mask, cfg)]
+    return probe[keep] if int(keep.sum()) >= 16 else probe
 
 
 def _class_groups(cls: torch.Tensor, base_spots: list) -> dict[int, torch.Tensor]:
@@ -1048,6 +1031,42 @@ def _class_groups(cls: torch.Tensor, base_spots: list) -> dict[int, torch.Tensor
         rows = torch.nonzero(cls == k)[:, 0]
         if sp is not None and len(rows):
             out[k] = rows
+    return out
+
+
+def _refine_classes(
+    X: torch.Tensor,
+    A: torch.Tensor,
+    groups: dict,
+    base_spots: list,
+    patches: dict,
+    f: float,
+    radius: float,
+    **refine_kw,
+) -> dict:
+    """:func:`~py4dstem_ccstae.spotfit.refine_spots` of every class on its own base.
+
+    ``groups`` maps a class ``k`` to its rows of ``X`` / ``A``
+    (:func:`_class_groups`), ``patches[k]`` holds its base's spot patches
+    ``(1, n_k, P, P)`` and ``base_spots[k] * f`` its spots at the refinement's
+    size. Returns ``{k: (rows, output)}``; ``rows`` is ``slice(None)`` when a
+    class holds every row (no copy of the inputs).
+    """
+    out = {}
+    for k, rows in groups.items():
+        sel = slice(None) if len(rows) == len(X) else rows
+        out[k] = (
+            sel,
+            refine_spots(
+                X[sel],
+                patches[k],
+                torch.zeros(len(rows), dtype=torch.long),
+                A[sel],
+                base_spots[k] * f,
+                radius,
+                **refine_kw,
+            ),
+        )
     return out
 
 

@@ -828,15 +828,8 @@ def phase_mixture(
         (xx - centre[0] * Rx) ** 2 + (yy - centre[1] * Ry) ** 2
         <= (radius * min(Rx, Ry)) ** 2
     ).astype(int)
-    # one detector for both phases: the first crystal's default pixel size
-    first = next(m for m in materials if m != VACUUM)
-    if options.get("q_pixel_size") is None:
-        probe = material_spots(first, k_max=1.0)
-        g1 = float(np.min(np.hypot(*probe["g"].T)))
-        options["q_pixel_size"] = g1 / (min(pattern_shape) / 6.5)
-    if options.get("disk_radius") is None:
-        options["disk_radius"] = min(pattern_shape) / 32.0
-
+    # one detector for both phases: the second crystal (if any) takes the
+    # pixel size and disk radius the first one was rendered with
     rendered = {}
     for k, material in enumerate(materials):
         if material != VACUUM:
@@ -848,6 +841,9 @@ def phase_mixture(
                 seed=seed + k,
                 **options,
             )
+            params = rendered[k][1].metadata["simulation"]
+            options["q_pixel_size"] = params["q_pixel_size"]
+            options["disk_radius"] = params["disk_radius"]
     k0 = min(rendered)
     datacube0, truth0 = rendered[k0]
     data = np.array(datacube0.data)
@@ -889,7 +885,9 @@ def phase_mixture(
     if src.get_QR_rotation() is not None:
         cal.set_QR_rotation(src.get_QR_rotation())
         cal.set_QR_flip(src.get_QR_flip())
-    cal.set_convergence_semiangle_pixels(float(options["disk_radius"]))
+    cal.set_convergence_semiangle_pixels(
+        float(truth0.metadata["simulation"]["disk_radius"])
+    )
 
     slices = {}
     for name in TRUTH_SLICES:

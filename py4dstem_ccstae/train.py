@@ -249,6 +249,21 @@ def assign_bases(
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+def pattern_classes(
+    net: CCSTAENet, X: torch.Tensor, enc: dict, mask: torch.Tensor, config: TrainConfig
+) -> torch.Tensor:
+    """Class of every pattern ``X`` (N, S, S) given its :func:`encode` output, (N,) long.
+
+    One base: 0 (the class head's). Several: the base that reconstructs the
+    pattern best under its transform (:func:`assign_bases`), the assignment
+    training uses; it measured more reliable than the class head's top-1
+    (the head learns on detached features, :func:`fit_network`).
+    """
+    if net.num_bases == 1:
+        return enc["cls"]
+    return assign_bases(net, X, enc["A"], mask, config)
+
+
 @torch.no_grad()
 def update_bases(
     net: CCSTAENet,
@@ -484,7 +499,7 @@ def fit_network(
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
                 out = net(xb)
                 xs = gaussian_blur(xb, sigma)
-                class_loss = 0.0
+                class_loss = xb.new_zeros(())
                 if net.num_bases == 1:
                     bs = gaussian_blur(out["base"], sigma)
                 else:
@@ -528,16 +543,10 @@ def fit_network(
             tot += float(loss.detach()) * n
             fwd_tot += float(fwd.detach().mean()) * n
             cyc_tot += float(cyc.detach().mean()) * n
-            cls_tot += (
-                float(class_loss.detach() if torch.is_tensor(class_loss) else class_loss)
-                * n
-            )
+            cls_tot += float(class_loss.detach()) * n
         Xs = X[perm]
         enc = encode(net, Xs)
-        cls = enc["cls"]
-        if net.num_bases > 1:
-            cls = assign_bases(net, Xs, enc["A"], mask, config)
-        update_bases(net, Xs, enc["A"], cls)
+        update_bases(net, Xs, enc["A"], pattern_classes(net, Xs, enc, mask, config))
         if config.base_l1 > 0:
             with torch.no_grad():
                 b = net.bases.data
