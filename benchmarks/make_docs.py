@@ -11,8 +11,8 @@ results from ``benchmarks/benchmarks_reading.md`` (comparison) and
 ``benchmarks/<name>_reading.md`` for ``speed`` (speed and memory), ``crlb``
 (Cramer-Rao bound), ``refinement`` and ``refinement_dynamical``
 (refinement options on the noise sweep's and the dynamical data) and
-``training_options`` (mask schedule and losses) and ``phases`` (several
-bases).
+``training_options`` (mask schedule and losses), ``phases`` (several
+bases) and ``multislice`` (abTEM data).
 ``tests/test_docs.py`` checks that the committed page equals what this script
 produces, so no number is typed by hand.
 """
@@ -65,6 +65,7 @@ def render() -> str:
         "refinement_dynamical",
         "training_options",
         "phases",
+        "multislice",
     ):
         path = ROOT / "benchmarks" / f"{name}_reading.md"
         body = path.read_text().strip() if path.exists() else ""

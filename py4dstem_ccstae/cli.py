@@ -956,7 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_percent,
         default=25.0,
         metavar="PCT",
-        help="background noise % (25)",
+        help="background noise %% (25)",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
     demo.add_argument("--force", action="store_true", help="overwrite DIR/demo.h5")

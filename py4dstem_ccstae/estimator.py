@@ -30,6 +30,7 @@ from .io import OutputExistsError, atomic_write, is_emd_file
 from .losses import LOSSES
 from .model import CCSTAENet
 from .spotfit import base_patches, find_spots, pattern_background, refine_spots
+from .symmetry import lattice_symmetry
 from .train import (
     TrainConfig,
     encode,
@@ -113,6 +114,9 @@ MAX_TRAIN_PATTERNS = 16384
 #: Patterns used to re-estimate the bases' spot patches after training.
 REALIGN_PATTERNS = 4096
 
+#: Patterns whose spot geometry decides ``symmetry="auto"``.
+SYMMETRY_PATTERNS = 64
+
 #: Patterns of the lock-on check (:func:`~py4dstem_ccstae.train.encoder_sensitivity`).
 SENSITIVITY_PATTERNS = 256
 #: Seed step between training attempts (attempt ``k`` uses ``seed + k * step``).
@@ -135,22 +139,6 @@ LEGACY_MODEL_FORMAT = "py4dstem_ccstae.CCSTAE/1"
 #: Name of the Metadata that marks a model node, and the default node name.
 MODEL_METADATA = "ccstae_model"
 MODEL_NODE = "ccstae_model"
-
-
-def _detect_symmetry(pattern: np.ndarray, mask: np.ndarray, threshold: float = 0.8) -> int:
-    """Largest n in (6, 4, 3, 2) whose 2 pi / n rotation maps the pattern onto itself."""
-    from .warp import warp
-
-    x = torch.tensor(pattern * mask, dtype=torch.float64)[None, None]
-    x = x - x[0, 0][torch.tensor(mask)].mean() * torch.tensor(mask, dtype=torch.float64)
-    for n in (6, 4, 3, 2):
-        a = 2 * np.pi / n
-        R = torch.tensor([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])[None]
-        y = warp(x, R)
-        corr = float((x * y).sum() / torch.sqrt((x * x).sum() * (y * y).sum()))
-        if corr > threshold:
-            return n
-    return 1
 
 
 class CCSTAE:
@@ -312,7 +300,10 @@ class CCSTAE:
         mask = torch.tensor(inputs.mask, dtype=torch.float32)
         sym = self.config["symmetry"]
         if sym == "auto":
-            sym = _detect_symmetry(inputs.mean_pattern(), inputs.mask)
+            # the lattice's order, from the spot geometry of patterns spread
+            # over the training set (symmetry module docs)
+            some = X[_spread(len(X), SYMMETRY_PATTERNS)].numpy()
+            sym = lattice_symmetry(some, inputs.mask, X.mean(0).numpy())
         cfg = self._train_config()
         if checkpoint is not None:
             folder = Path(checkpoint).resolve().parent
@@ -320,7 +311,7 @@ class CCSTAE:
                 raise ValueError(f"checkpoint: folder {str(folder)!r} does not exist")
         # lock-on check: an encoder that never locked on ignores its input
         # (constant output); then train again from a new initialisation
-        probe = X[np.linspace(0, len(X) - 1, min(len(X), SENSITIVITY_PATTERNS)).astype(int)]
+        probe = X[_spread(len(X), SENSITIVITY_PATTERNS)]
         attempts, best, first = [], None, 0
         threshold = float(self.config["min_sensitivity"])
 
@@ -385,17 +376,20 @@ class CCSTAE:
         if spots is not None and self.config["refine"]:
             # spot patches of the bases, re-estimated from the aligned
             # training patterns (spotfit module docs), at the refinement's size
-            n_sub = min(len(X), REALIGN_PATTERNS)
-            enc = encode(self.net, X[:n_sub])
+            # a subset spread over the whole training set (not its first
+            # rows: the top of the scan), all of it when small enough
+            rows_sub = _spread(len(X), REALIGN_PATTERNS)
+            X_sub = X[rows_sub]
+            enc = encode(self.net, X_sub)
             rsize = int(self.config["refine_size"] or inputs.size)
             f = rsize / inputs.size
             if rsize == inputs.size:
-                sub, bases = X[:n_sub], self.net.bases
+                sub, bases = X_sub, self.net.bases
             else:
-                sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[:n_sub]))
+                sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[rows_sub]))
                 bases = _resize_bases(self.net.bases, rsize)
             r_radius = radius * f
-            cls = pattern_classes(self.net, X[:n_sub], enc, mask, cfg)
+            cls = pattern_classes(self.net, X_sub, enc, mask, cfg)
             groups = _class_groups(cls, base_spots)
 
             def realign(bases, A, background=None):
@@ -973,6 +967,17 @@ class CCSTAE:
 
 # ------------------------------------------------------- save/load helpers
 _EMD_DATA_GROUPS = ("node", "array", "pointlist", "pointlistarray", "custom")
+
+
+def _spread(n: int, k: int) -> np.ndarray | slice:
+    """``min(n, k)`` row indices spread evenly over ``range(n)`` (all: ``slice(None)``).
+
+    The training rows follow the scan (row-major), so evenly spaced rows
+    sample the whole scan, not its top.
+    """
+    if n <= k:
+        return slice(None)
+    return np.linspace(0, n - 1, k).astype(int)
 
 
 def _resize_bases(bases: torch.Tensor, size: int) -> torch.Tensor:

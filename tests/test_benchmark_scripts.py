@@ -96,3 +96,80 @@ def test_markdown_tables(scripts):
         c2f.update({f"{tag}_{k}": v for k, v in row.items() if k != "noise"})
     md = scripts["c2f"].markdown({**res, "rows": [{**row, **c2f}]})
     assert "| 50 | 0 | 3 | 12 | 80 | 0.300 |" in md
+
+
+@pytest.fixture()
+def multislice(monkeypatch, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks" / "multislice"))
+    try:
+        import abtem_worker
+        import multislice
+
+        monkeypatch.setattr(multislice, "DATA", tmp_path)
+        yield multislice, abtem_worker
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks" / "multislice"))
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_multislice_detector_puts_k0_at_the_recorded_origin(multislice):
+    import numpy as np
+
+    _, worker = multislice
+    job = {"box": 80.0, "sampling": 0.1, "bin": 2, "size": 128}
+    N = 800
+    far = np.zeros((N, N))
+    far[N // 2, N // 2] = 1.0  # k = 0 of an fftshifted far field
+    far[N // 2 + 40, N // 2] = 2.0  # k = (40 / box, 0): 20 binned pixels further
+    out = worker._detector(far, job)
+    o = np.asarray(worker.origin(job))
+    assert out.shape == (128, 128) and out.sum() == 3.0
+    rows, cols = np.nonzero(out)
+    # each delta lands in the binned pixel whose centre is within half a pixel
+    assert np.all(np.abs(rows - np.array([o[0], o[0] + 20.0])) <= 0.5)
+    assert np.all(np.abs(cols - o[1]) <= 0.5)
+
+
+def test_multislice_plan_and_assembly(multislice):
+    import numpy as np
+
+    from py4dstem_ccstae.affine import LatticeTransform
+
+    ms, _ = multislice
+    for name in ("Si001_grains", "MoS2_flake", "Si001_smooth"):
+        p = ms.plan(name)
+        Rx, Ry = ms.CASES[name]["scan"]
+        entries = p["job"]["entries"]
+        assert p["entry"].shape == (Rx, Ry) and p["entry"].max() == len(entries) - 1
+        # every position's job deforms the crystal by F = A^-T of its truth
+        for i, j in [(0, 0), (Rx // 2, Ry // 3), (Rx - 1, Ry - 1)]:
+            e = entries[p["entry"][i, j]]
+            if e.get("crystal") == "vacuum":
+                assert p["phase"][i, j] == 1
+                continue
+            F = np.asarray(e["F"])
+            np.testing.assert_allclose(np.linalg.inv(F).T, p["A"][i, j], atol=1e-12)
+        # a synthetic library coding (job, thickness) in two pixels
+        nt = len(ms.CASES[name]["cells"])
+        lib = np.zeros((len(entries), nt, 8, 8), np.float32)
+        lib[:, :, 0, 0] = np.arange(len(entries))[:, None]
+        lib[:, :, 0, 1] = np.arange(nt)[None]
+        np.savez(
+            ms.DATA / f"{name}.npz", patterns=lib, q_pixel_size=0.025, origin=[3.5, 3.5]
+        )
+        dc, truth = ms.assemble(name)
+        assert dc.data.shape == (Rx, Ry, 8, 8)
+        assert np.array_equal(dc.data[..., 0, 0], p["entry"])
+        assert np.array_equal(dc.data[..., 0, 1], ms.thickness_index(name))
+        assert dc.calibration.get_Q_pixel_size() == 0.025
+        T = LatticeTransform(p["A"])
+        s = T.relative_to(T.reference_from_mask(p["reference"])).strain()
+        crystal = p["phase"] == 0
+        for k in ("e_xx", "e_yy", "e_xy", "theta"):
+            np.testing.assert_allclose(truth.get_slice(k).data[crystal], s[k][crystal])
+        # the truth as a map (its mask: 0 in vacuum) scores 0, vacuum invalid
+        row = ms.score(truth, truth, ms.CASES[name]["symmetry"])
+        assert row["mae_strain_mean"] == 0.0 and row["mae_theta"] == 0.0
+        if (~crystal).any():
+            assert row["vacuum_invalid"] == 1.0

@@ -1,5 +1,6 @@
 """``py4dstem-ccstae fit`` / ``predict`` and ``examples/batch_process.py`` on tiny scans."""
 
+import argparse
 import contextlib
 import csv
 import importlib.util
@@ -318,3 +319,17 @@ def test_read_datacube_emd_and_raw(scans, tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(ValueError, match="input: cannot read"):
         read_datacube(tmp_path / "x.txt")
+
+
+def test_help_of_every_command_and_subcommand(capsys):
+    # every parser's --help renders (a bare '%' in a help string made
+    # `demo --help` raise inside argparse)
+    from py4dstem_ccstae.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for argv in [["--help"]] + [[name, "--help"] for name in sub.choices]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0, argv
+        assert "usage:" in capsys.readouterr().out, argv

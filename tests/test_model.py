@@ -6,7 +6,7 @@ import torch
 from py4DSTEM import DataCube
 
 from py4dstem_ccstae.affine import LatticeTransform
-from py4dstem_ccstae.estimator import CCSTAE, _detect_symmetry, fit_strain
+from py4dstem_ccstae.estimator import CCSTAE, fit_strain
 from py4dstem_ccstae.model import compose_A
 from py4dstem_ccstae.simulate import material_spots, polycrystal
 from py4dstem_ccstae.spotfit import base_patches, refine_spots, spot_centres
@@ -145,15 +145,38 @@ def test_gather_patches_zero_outside_the_image():
     assert shared[1, 1].tolist() == x[0, 2:6, 3:7].tolist()
 
 
-def test_symmetry_detection():
+def test_symmetry_from_the_lattice_geometry():
+    from py4dstem_ccstae.symmetry import lattice_symmetry
+
     S = 64
     c = (S - 1) / 2
     r = np.hypot(*(np.mgrid[:S, :S] - c))
     ring = (r > 6) & (r < 30)
-    for material, n in (("Si", 4), ("MoS2", 6)):
-        g = material_spots(material, 1.0)["g"]
-        g = g / np.hypot(*g.T).min() * 12.0
-        assert _detect_symmetry(_render(S, g, np.eye(2)), ring) == n
+    halo = 3.0 / (1 + (r / 4.0) ** 2)  # radially symmetric: matches every rotation
+    rng = np.random.default_rng(0)
+    rect = np.array([[h / 1.0, k / np.sqrt(2)] for h in range(-3, 4) for k in range(-4, 5)])
+    rect = rect[np.hypot(*rect.T) > 0] * 11.0
+    for material, n in (("Si", 4), ("MoS2", 6), ("rect", 2)):
+        g = rect if material == "rect" else material_spots(material, 1.0)["g"]
+        if material != "rect":
+            g = g / np.hypot(*g.T).min() * 12.0
+        pats = []
+        for _ in range(8):  # grains at any orientation, a few % strain
+            e = rng.uniform(-0.02, 0.02, 3)
+            A = LatticeTransform.from_strain(*e, rng.uniform(-np.pi, np.pi)).params
+            p = _render(S, g, A)
+            if material == "MoS2":
+                # 3-fold intensities (a 2H monolayer's Friedel pairs differ)
+                w = 1.0 + 0.6 * np.sign(np.sin(3 * np.arctan2(*(g @ A.T).T[::-1])))
+                p = sum(
+                    wi * _render(S, gi[None], np.eye(2))
+                    for wi, gi in zip(w, g @ A.T, strict=True)
+                )
+            pats.append(p + halo + 0.05 * rng.standard_normal((S, S)))
+        assert lattice_symmetry(np.stack(pats), ring) == n, material
+    # vacuum (the halo and noise only): no lattice, the lowest order
+    vacuum = [halo + 0.05 * rng.standard_normal((S, S)) for _ in range(4)]
+    assert lattice_symmetry(np.stack(vacuum), ring) == 2
 
 
 def test_training_lowers_loss_and_tracks_truth(data, fitted):
