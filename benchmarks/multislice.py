@@ -342,7 +342,7 @@ def assemble(name: str):
 BASELINE_GRID = {
     "corr_power": (1.0, 0.5),
     "sigma": (0.0, 1.0),
-    "min_relative_intensity": (0.005, 0.02),
+    "min_relative_intensity": (0.001, 0.005, 0.02),
 }
 
 KEYS = ("e_xx", "e_yy", "e_xy", "theta")

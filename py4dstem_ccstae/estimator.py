@@ -506,7 +506,9 @@ class CCSTAE:
             reconstruction error (scaled-intensity units), ``valid`` (Rx, Ry)
             bool: False where the pattern's base has no spots while another
             base has them (vacuum or amorphous regions, whose ``A`` carries
-            no lattice); all True with one base.
+            no lattice), and, with the refinement, where the pattern shows
+            none of its base's spots (median spot gain below ``WEAK_GAIN``:
+            vacuum, amorphous or blank patterns, with any number of bases).
         """
         from .losses import cycle_losses
 
@@ -563,6 +565,7 @@ class CCSTAE:
         A = torch.empty(N, 2, 2, dtype=torch.float64)
         cls = torch.empty(N, dtype=torch.long)
         error = torch.empty(N, dtype=torch.float64)
+        shows = torch.ones(N, dtype=torch.bool)  # the pattern shows its base's spots
         # streamed: memory holds one batch of inputs plus the outputs
         for idx, xb in inputs.iter_batches(_PREDICT_BATCH):
             X = torch.from_numpy(xb)
@@ -571,6 +574,7 @@ class CCSTAE:
             Ab = enc["A"].to(torch.float64)
             err = torch.full((len(idx),), float("nan"), dtype=torch.float64)
             todo = torch.ones(len(idx), dtype=torch.bool)  # error still to compute
+            lattice = torch.ones(len(idx), dtype=torch.bool)
             if do_refine:
                 Xr = X if fine is inputs else torch.from_numpy(fine.batch(idx))
                 for rows, out in _refine_classes(
@@ -585,6 +589,10 @@ class CCSTAE:
                     background=background,
                 ).values():
                     Ab[rows], err[rows], todo[rows] = out["A"], out["error"], False
+                    # a pattern that shows none of its base's spots (vacuum,
+                    # amorphous, blank) carries no lattice: same rule as fit's
+                    # vacuum check
+                    lattice[rows] = out["gain"].median(-1).values >= WEAK_GAIN
             if bool(todo.any()):
                 # encoder only (or a base without spots): masked reconstruction error
                 rows = torch.nonzero(todo)[:, 0]
@@ -598,12 +606,13 @@ class CCSTAE:
                 err[rows] = fwd.cpu().to(torch.float64)
             t = torch.from_numpy(idx)
             A[t], cls[t], error[t] = Ab.cpu(), enc["cls"], err
+            shows[t] = lattice
         shape = inputs.scan_shape
         return {
             "A": A.cpu().numpy().astype(np.float64).reshape(*shape, 2, 2),
             "class": cls.numpy().reshape(shape),
             "error": error.cpu().numpy().astype(np.float64).reshape(shape),
-            "valid": valid_class[cls].numpy().reshape(shape),
+            "valid": (valid_class[cls] & shows).numpy().reshape(shape),
         }
 
     def _base_spots(self) -> list[np.ndarray | None]:

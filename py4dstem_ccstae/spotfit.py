@@ -406,10 +406,11 @@ def refine_spots(
         ``A`` (N, 2, 2) float64 refined transforms, ``t`` (N, 2)
         translations (pixels), ``error`` (N,) mean squared residual over the
         compared pixels (scaled-intensity units), ``iterations`` (N,) int
-        Gauss-Newton iterations each pattern ran; with ``realign``,
-        ``patches`` and ``gain`` (N, n) float32: each spot's fitted gain
-        (intensity relative to the base's spot, at least 0.05) at the last
-        iteration.
+        Gauss-Newton iterations each pattern ran, ``gain`` (N, n) float32:
+        each spot's fitted gain (intensity relative to the base's spot, at
+        least 0.05) at the last iteration (about 1 where the pattern shows
+        the base's lattice, near 0.05 where it shows none: vacuum, a blank
+        pattern); with ``realign``, ``patches``.
     """
     dev = patches.device
     dt = torch.float32
@@ -443,7 +444,7 @@ def refine_spots(
     ).to(dev)
     error = torch.zeros(N, dtype=torch.float64)
     n_iter = torch.zeros(N, dtype=torch.long)
-    gain = torch.ones(N, n, dtype=dt) if realign else None
+    gain = torch.ones(N, n, dtype=dt)
     edge = (taper < 0.05).to(dt)
 
     def _inv(G: torch.Tensor) -> torch.Tensor:
@@ -534,16 +535,17 @@ def refine_spots(
             err_b[done] = ((ws * rs * rs).sum((-1, -2)) / ws.sum((-1, -2)).clamp_min(1)).to(
                 torch.float64
             )
+            a_last[done] = a[stop]
             if realign:
-                s_last[done], a_last[done], b_last[done] = s[stop], a[stop], b[stop]
+                s_last[done], b_last[done] = s[stop], b[stop]
             act = act[keep]
             if act.numel() == 0:
                 break
         theta[sl] = th
         error[sl] = err_b.cpu()
         n_iter[sl] = it_b.cpu()
+        gain[sl] = a_last.cpu()
         if realign:
-            gain[sl] = a_last.cpu()
             # spot patches shifted back onto the base, gain and offset removed
             back = torch.fft.irfft2(
                 torch.fft.rfft2(Ipatch) * _phase(-s_last, fx, fy), s=(P, P)
@@ -558,8 +560,8 @@ def refine_spots(
         "t": theta[:, 4:].cpu(),
         "error": error,
         "iterations": n_iter,
+        "gain": gain,
     }
     if realign:
         out["patches"] = torch.where(cnt > 0, acc / cnt.clamp_min(1), Bp)
-        out["gain"] = gain
     return out

@@ -704,3 +704,36 @@ def test_pattern_background_is_not_fooled_by_rotated_grains():
     from_patterns = _background(X, spots, A)
     assert np.abs(from_mean - halo)[far].max() > 0.1  # the smeared spots
     assert np.abs(from_patterns - halo)[far].max() < 0.05
+
+
+def test_blank_and_vacuum_patterns_are_invalid_with_one_base(data, fitted):
+    from py4DSTEM import DataCube
+
+    dc, truth, ref = data
+    rs = fitted.strain_map(dc, reference=ref)
+    assert (rs.get_slice("mask").data == 1).all()  # a crystal everywhere
+    # a blank pattern and a pattern of the direct beam alone (vacuum)
+    arr = np.array(dc.data)
+    arr[5, 5] = 0.0
+    direct = np.array(dc.data[0, 0])
+    qx, qy = np.mgrid[: arr.shape[2], : arr.shape[3]]
+    ox, oy = dc.calibration.get_origin()
+    r = np.hypot(qx - ox[2, 7], qy - oy[2, 7])
+    arr[2, 7] = np.where(
+        r <= dc.calibration.get_convergence_semiangle_pixels() + 1, direct.max(), 0
+    )
+    bad = DataCube(data=arr, calibration=dc.calibration.copy())
+    out = fitted.strain_map(bad, reference=ref)
+    mask = out.get_slice("mask").data
+    assert mask[5, 5] == 0 and mask[2, 7] == 0
+    assert np.isnan(out.get_slice("e_xx").data[5, 5])
+    assert np.isnan(out.get_slice("theta").data[2, 7])
+    others = np.ones_like(mask, bool)
+    others[5, 5] = others[2, 7] = False
+    assert (mask[others] == 1).all()
+    # the other positions' strain is what it was (the reference grain holds
+    # neither position; the scan-wide intensity scale moved a little)
+    assert not ref[5, 5] and not ref[2, 7]
+    np.testing.assert_allclose(
+        out.get_slice("e_xx").data[others], rs.get_slice("e_xx").data[others], atol=1e-6
+    )
