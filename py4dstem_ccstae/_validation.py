@@ -29,12 +29,16 @@ def check_datacube(datacube, name: str = "datacube"):
     return datacube
 
 
+#: Largest seed: torch seeds are 64-bit, and retries add to the seed.
+MAX_SEED = 2**62
+
+
 def check_seed(seed, name: str = "seed") -> int:
-    """Require a non-negative integer seed."""
+    """Require an integer seed in ``[0, MAX_SEED]``."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{name} must be a non-negative int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an int in [0, 2**62], got {seed}")
     return int(seed)
 
 

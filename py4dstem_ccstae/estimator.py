@@ -179,6 +179,14 @@ class CCSTAE:
             raise ValueError(f"symmetry must be 'auto' or a positive int, got {sym!r}")
         for name, (integer, low, low_open) in _NUMERIC_OPTIONS.items():
             _check_option(name, self.config[name], integer, low, low_open)
+        for name in ("refine", "mask_schedule"):
+            if not isinstance(self.config[name], (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {self.config[name]!r}")
+        if self.config["coarse_sigma"] > self.config["size"] / 2:
+            raise ValueError(
+                f"coarse_sigma must be <= size / 2 = {self.config['size'] / 2:g} model "
+                f"pixels, got {self.config['coarse_sigma']!r}"
+            )
         rs = self.config["refine_size"]
         integral = isinstance(rs, numbers.Integral) and not isinstance(rs, bool)
         if rs is not None and not (integral and 16 <= rs <= 512):

@@ -410,7 +410,7 @@ def test_bad_inputs(tiny, distorted):
     for size in (8, 15, 513):
         with pytest.raises(ValueError, match="size"):
             make(dc, size=size)
-    for q_max in (0.0, -1.0):
+    for q_max in (0.0, -1.0, 1e6):
         with pytest.raises(ValueError, match="q_max"):
             make(dc, q_max=q_max)
     with pytest.raises(ValueError, match="scaling"):

@@ -281,6 +281,18 @@ def test_bad_input(data, fitted, tmp_path):
         CCSTAE(**FAST).fit(dc, device="tpu", progress=False)
     with pytest.raises(ValueError, match="not a file"):
         CCSTAE.load(tmp_path / "nope.h5")
+    # booleans are booleans ('no' is a true string), bounded options are bounded
+    for name in ("refine", "mask_schedule"):
+        for value in ("no", 1, None):
+            with pytest.raises(ValueError, match=name):
+                CCSTAE(**{name: value})
+    with pytest.raises(ValueError, match="coarse_sigma"):
+        CCSTAE(coarse_sigma=1e6)
+    for seed in (2**70, -1):
+        with pytest.raises(ValueError, match="seed"):
+            CCSTAE(**FAST).fit(dc, seed=seed, progress=False)
+    with pytest.raises(ValueError, match="q_max=1e\\+06 .* beyond the detector"):
+        CCSTAE(**FAST, q_max=1e6).fit(dc, progress=False)
 
 
 def test_strain_map_agrees_with_truth_and_py4dstem_strainmap(data, fitted):
