@@ -725,11 +725,13 @@ def _report(res: dict, what: str) -> None:
                 for k, sp in enumerate(per_base)
             )
             print(f"spots:  {counts} (spot_threshold {thr:g})")
+        elif not spots:
+            print("spots:  fewer than 2 spots found on the base: no refinement")
+        elif not res["model"].config["refine"]:
+            print(f"spots:  {len(spots)} spots on the base; refinement off (refine=false)")
         else:
             print(
                 f"spots:  {len(spots)} spots of the base refined (spot_threshold {thr:g})"
-                if spots
-                else "spots:  fewer than 2 spots found on the base: no refinement"
             )
     out = res["output"]
     print(f"strain: {out}  ->  py4DSTEM.read('{out}', datapath='{res['strain_datapath']}')")

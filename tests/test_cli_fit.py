@@ -183,6 +183,17 @@ def test_set_option_parsing(scans, tmp_path, capsys):
     out = tmp_path / "o.h5"
     assert main(["fit", scan, "--out", str(out), "--set", "loss=huber"]) == 2
     assert "loss" in capsys.readouterr().err and not out.exists()
+    # a boolean given as a word is refused ('no' would have been true)
+    assert main(["fit", scan, "--out", str(out), "--set", "refine=no"]) == 2
+    assert "refine must be True or False" in capsys.readouterr().err
+    assert not out.exists()
+    # refine=false: the report does not claim refined spots
+    quick = ["--epochs", "2", "--device", "cpu", "--set", "min_sensitivity=0"]
+    assert main(["fit", scan, *quick, "--out", str(out), "--set", "refine=false"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "refinement off (refine=false)" in text and "spots of the base refined" not in text
+    )
 
 
 def test_parse_reference():
