@@ -218,12 +218,61 @@ def _measure_origin(data, scan_shape, batch_size: int) -> np.ndarray:
     return np.stack([qx0_fit, qy0_fit], -1).astype(np.float64)
 
 
+def _checked_calibration(cal) -> tuple[float, str, tuple | None, float, bool]:
+    """Q pixel size, units, ellipse, Q/R rotation and flip, validated once here.
+
+    Raises ValueError naming the calibration entry when it is not a finite
+    positive pixel size, a single finite ellipse with positive axes, or a
+    finite rotation (missing entries take py4DSTEM's defaults: 1 pixel, no
+    ellipse, no rotation).
+    """
+    qps = cal.get_Q_pixel_size()
+    qps = 1.0 if qps is None else qps
+    if (
+        isinstance(qps, bool)
+        or not isinstance(qps, numbers.Real)
+        or not (np.isfinite(qps) and qps > 0)
+    ):
+        raise ValueError(
+            f"datacube calibration: Q pixel size must be a finite number > 0, got {qps!r} "
+            "(set it with datacube.calibration.set_Q_pixel_size)"
+        )
+    units = cal.get_Q_pixel_units() or "pixels"
+    ellipse = cal.get_ellipse()
+    if ellipse is not None:
+        if any(np.ndim(v) for v in ellipse):
+            raise ValueError(
+                "datacube has a per-position ellipse calibration; only a single "
+                "ellipse (a, b, theta) is supported"
+            )
+        ellipse = tuple(float(v) for v in ellipse)
+        a, b, theta = ellipse
+        if not (np.isfinite(ellipse).all() and a > 0 and b > 0):
+            raise ValueError(
+                "datacube calibration: the ellipse (a, b, theta) needs finite values "
+                f"and a, b > 0, got {ellipse}"
+            )
+    rot = cal.get_QR_rotation()
+    rot = 0.0 if rot is None else float(rot)
+    if not np.isfinite(rot):
+        raise ValueError(f"datacube calibration: Q/R rotation must be finite, got {rot}")
+    return float(qps), units, ellipse, rot, bool(cal.get_QR_flip())
+
+
 def _calibrated_origin(cal, scan_shape) -> np.ndarray | None:
     origin = cal.get_origin()
     if origin is None:
         return None
     qx0, qy0 = (np.broadcast_to(np.asarray(v, np.float64), scan_shape) for v in origin)
-    return np.stack([qx0, qy0], -1).copy()
+    out = np.stack([qx0, qy0], -1).copy()
+    if not np.isfinite(out).all():
+        bad = np.argwhere(~np.isfinite(out).all(-1))
+        raise ValueError(
+            f"datacube calibration: the origin is not finite at {len(bad)} scan "
+            f"position(s), e.g. {tuple(int(v) for v in bad[0])} (fit it again, or "
+            "clear it with datacube.calibration.set_origin(None) to have it measured)"
+        )
+    return out
 
 
 # ----------------------------------------------------------------- Bragg peaks
@@ -468,20 +517,8 @@ class DiffractionInputs:
 
         # calibration -> detector matrix
         cal = datacube.calibration
-        qps = cal.get_Q_pixel_size()
-        qps = 1.0 if qps is None else float(qps)
-        units = cal.get_Q_pixel_units() or "pixels"
-        ellipse = cal.get_ellipse()
-        if ellipse is not None:
-            if any(np.ndim(v) for v in ellipse):
-                raise ValueError(
-                    "datacube has a per-position ellipse calibration; only a single "
-                    "ellipse (a, b, theta) is supported"
-                )
-            ellipse = tuple(float(v) for v in ellipse)
-        rot = cal.get_QR_rotation()
-        flip = cal.get_QR_flip()
-        C = detector_matrix(qps, ellipse, 0.0 if rot is None else float(rot), bool(flip))
+        qps, units, ellipse, rot, flip = _checked_calibration(cal)
+        C = detector_matrix(qps, ellipse, rot, flip)
 
         origin = _calibrated_origin(cal, scan_shape)
         measured = origin is None

@@ -422,6 +422,24 @@ def test_bad_inputs(tiny, distorted):
         make(dc, scaling="power", power=0.0)
     with pytest.raises(ValueError, match="batch_size"):
         make(dc, batch_size=0)
+    # calibration: validated where it is read, one clear error each
+    for setter, value, match in (
+        ("set_Q_pixel_size", 0.0, "Q pixel size"),
+        ("set_Q_pixel_size", float("nan"), "Q pixel size"),
+        ("set_Q_pixel_size", -0.01, "Q pixel size"),
+        ("set_ellipse", (0.0, 20.0, 0.1), "ellipse"),
+        ("set_ellipse", (float("nan"), 20.0, 0.1), "ellipse"),
+    ):
+        cube = py4DSTEM.DataCube(data=dc.data, calibration=dc.calibration.copy())
+        getattr(cube.calibration, setter)(value)
+        with pytest.raises(ValueError, match=match):
+            make(cube)
+    cube = py4DSTEM.DataCube(data=dc.data, calibration=dc.calibration.copy())
+    ox, oy = (np.array(v, float) for v in cube.calibration.get_origin())
+    ox[1, 1] = np.nan
+    cube.calibration.set_origin((ox, oy))
+    with pytest.raises(ValueError, match="origin is not finite at 1 scan position"):
+        make(cube)
     dcd, trd = distorted
     with pytest.raises(ValueError, match="braggvectors"):
         make(dc, _braggvectors(dcd, trd))  # (6, 6) vectors for a (6, 5) scan
