@@ -522,6 +522,8 @@ def markdown(result: dict) -> str:
     for name in result["cases"]:
         c = CASES[name]
         rows = [r for r in result["rows"] if r["case"] == name]
+        if not rows:  # not run yet (the file is written after every case)
+            continue
         ours = {r["noise"]: r for r in rows if r["method"] == "CC-ST-AE"}
         base = {r["noise"]: r for r in rows if r["method"] == "py4DSTEM"}
         cells = np.asarray(c["cells"])
@@ -574,6 +576,11 @@ def main(argv=None) -> None:
     ap.add_argument("--levels", type=float, nargs="+", default=[0, 10, 25, 50, 60, 70])
     ap.add_argument("--counts", type=float, default=1e5)
     ap.add_argument("--out", default="docs/benchmark_results")
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the cases already in OUT/multislice.json and run the others",
+    )
     args = ap.parse_args(argv)
     if args.command == "generate":
         for name in args.case:
@@ -584,8 +591,19 @@ def main(argv=None) -> None:
     from _meta import run_meta, write
 
     result = {**run_meta("multislice.py", argv), "counts": args.counts, "cases": args.case}
-    result["rows"] = []
+    result["rows"], done = [], set()
+    previous = Path(args.out) / "multislice.json"
+    if args.append and previous.exists():
+        old = json.loads(previous.read_text())
+        result["earlier_runs"] = old.get("earlier_runs", []) + [
+            {k: old[k] for k in ("command", "date", "git", "machine") if k in old}
+        ]
+        result["rows"] = old["rows"]
+        done = {r["case"] for r in old["rows"]}
+        result["cases"] = list(dict.fromkeys(old["cases"] + args.case))
     for name in args.case:
+        if name in done:
+            continue
         result["rows"] += run_case(name, args.levels, args.counts)
         # written after every case: a long run keeps what it measured
         write(Path(args.out), "multislice", result, markdown(result))
