@@ -392,6 +392,7 @@ def tune_baseline(dc, truth, symmetry: int) -> tuple[dict, list]:
     import itertools
 
     from py4dstem_ccstae.baseline import py4dstem_strain
+    from py4dstem_ccstae.benchmark import _quiet  # py4DSTEM's bars and warnings
 
     sub, t = _subsampled(dc, truth)
     ref = t.get_slice("reference").data.astype(bool)
@@ -410,30 +411,13 @@ def tune_baseline(dc, truth, symmetry: int) -> tuple[dict, list]:
     return {k: best[k] for k in BASELINE_GRID}, trials
 
 
-class _quiet:
-    """Hide py4DSTEM's progress bars (stderr) and warnings."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-        import warnings
-
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-        self._stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore")
-        return self
-
-    def __exit__(self, *exc):
-        self._stack.close()
-
-
 def run_case(name: str, levels, counts: float = 1e5) -> list[dict]:
     """Both methods at every noise level of one case (one training per level)."""
     import warnings
 
     from py4dstem_ccstae import CCSTAE
     from py4dstem_ccstae.baseline import py4dstem_strain
+    from py4dstem_ccstae.benchmark import _quiet
     from py4dstem_ccstae.noise import add_background_noise
 
     clean, truth = assemble(name)
@@ -519,6 +503,15 @@ def markdown(result: dict) -> str:
         + "), then fixed. ratio: CC-ST-AE / py4DSTEM of the mean strain MAE.",
         "",
     ]
+    for run in result.get("earlier_runs", []):
+        lines += [
+            f"Cases kept from an earlier run (`--append`): `{run.get('command')}`, "
+            f"{run.get('date')}, git {run.get('git')}.",
+            "",
+        ]
+    for run in [result] + result.get("earlier_runs", []):
+        if run.get("recovered"):
+            lines += [f"Note: {run['recovered']}.", ""]
     for name in result["cases"]:
         c = CASES[name]
         rows = [r for r in result["rows"] if r["case"] == name]
@@ -596,7 +589,11 @@ def main(argv=None) -> None:
     if args.append and previous.exists():
         old = json.loads(previous.read_text())
         result["earlier_runs"] = old.get("earlier_runs", []) + [
-            {k: old[k] for k in ("command", "date", "git", "machine") if k in old}
+            {
+                k: old[k]
+                for k in ("command", "date", "git", "machine", "recovered")
+                if k in old
+            }
         ]
         result["rows"] = old["rows"]
         done = {r["case"] for r in old["rows"]}
