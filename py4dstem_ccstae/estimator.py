@@ -380,6 +380,18 @@ class CCSTAE:
             self.net, inputs.mask, float(self.config["spot_threshold"])
         )
         spots = next((sp for sp in base_spots if sp is not None), None)
+        if spots is None:
+            ring = tuple(round(float(r), 4) for r in inputs.ring)
+            warnings.warn(
+                "CCSTAE.fit: no Bragg spots found on the learned base (fewer than 2 "
+                f"peaks above spot_threshold={self.config['spot_threshold']:g} inside "
+                f"the ring {ring} {inputs.units}, at size={inputs.size}): the model has "
+                "no lattice to measure and every position of its maps is marked "
+                "invalid. Check 'ring' and 'q_max' (the ring must hold the Bragg "
+                "disks) and 'size' (disks must span a few pixels).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         spot_gain = None
         if spots is not None and self.config["refine"]:
             # spot patches of the bases, re-estimated from the aligned
@@ -514,9 +526,10 @@ class CCSTAE:
             reconstruction error (scaled-intensity units), ``valid`` (Rx, Ry)
             bool: False where the pattern's base has no spots while another
             base has them (vacuum or amorphous regions, whose ``A`` carries
-            no lattice), and, with the refinement, where the pattern shows
-            none of its base's spots (median spot gain below ``WEAK_GAIN``:
-            vacuum, amorphous or blank patterns, with any number of bases).
+            no lattice; every position when no base has spots), and, with
+            the refinement, where the pattern shows none of its base's spots
+            (median spot gain below ``WEAK_GAIN``: vacuum, amorphous or blank
+            patterns, with any number of bases).
         """
         from .losses import cycle_losses
 
@@ -544,8 +557,8 @@ class CCSTAE:
         ring = torch.tensor(inputs.mask, dtype=torch.float32)
         # a base without spots (vacuum, amorphous) when another base has
         # them: its patterns carry no lattice and are reported invalid
-        has_spots = [sp is not None for sp in base_spots]
-        valid_class = torch.tensor(has_spots if any(has_spots) else [True] * len(has_spots))
+        # (no base with spots at all: no lattice anywhere, every position invalid)
+        valid_class = torch.tensor([sp is not None for sp in base_spots])
         do_refine = bool(do_refine) and spots is not None
         # the refinement may work on larger patterns than the encoder
         # (refine_size): same field of view, spot offsets scaled by f

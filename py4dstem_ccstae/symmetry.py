@@ -76,6 +76,8 @@ def _spots_only(pattern: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # the mask's borders hold the edge of whatever it cuts (the direct
     # beam's tail, the halo's steepest part): 2 pixels in from them
     mask = ndimage.binary_erosion(mask, iterations=2)
+    if not mask.any():  # a ring too thin to hold spots
+        return np.zeros(pattern.shape, float)
     S0, S1 = pattern.shape
     yy, xx = np.mgrid[:S0, :S1]
     r = np.hypot(yy - (S0 - 1) / 2.0, xx - (S1 - 1) / 2.0)

@@ -755,3 +755,15 @@ def test_blank_and_vacuum_patterns_are_invalid_with_one_base(data, fitted):
     np.testing.assert_allclose(
         out.get_slice("e_xx").data[others], rs.get_slice("e_xx").data[others], atol=1e-6
     )
+
+
+def test_a_base_without_spots_warns_and_maps_nothing_as_valid(data):
+    dc, _, ref = data
+    # a ring between the first (0.52 A^-1) and second (0.74 A^-1) order spots
+    model = CCSTAE(**FAST, ring=(0.58, 0.68), min_sensitivity=0.0)
+    with pytest.warns(RuntimeWarning, match="no Bragg spots found on the learned base"):
+        model.fit(dc, seed=0, progress=False, device="cpu")
+    assert model.fitted_["spots"] is None
+    rs = model.strain_map(dc, reference=ref)
+    assert (rs.get_slice("mask").data == 0).all()
+    assert np.isnan(rs.get_slice("e_xx").data).all()
