@@ -505,7 +505,7 @@ def markdown(result: dict) -> str:
     ]
     for run in result.get("earlier_runs", []):
         lines += [
-            f"Cases kept from an earlier run (`--append`): `{run.get('command')}`, "
+            f"Cases from another run (`--append`, `merge`): `{run.get('command')}`, "
             f"{run.get('date')}, git {run.get('git')}.",
             "",
         ]
@@ -564,7 +564,8 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=("generate", "run"))
+    ap.add_argument("command", choices=("generate", "run", "merge"))
+    ap.add_argument("files", nargs="*", help="merge: result JSON files of runs")
     ap.add_argument("--case", nargs="*", default=list(CASES))
     ap.add_argument("--levels", type=float, nargs="+", default=[0, 10, 25, 50, 60, 70])
     ap.add_argument("--counts", type=float, default=1e5)
@@ -583,6 +584,23 @@ def main(argv=None) -> None:
         return 0
     from _meta import run_meta, write
 
+    if args.command == "merge":
+        # runs of different cases made side by side: one table, every run named
+        parts = [json.loads(Path(f).read_text()) for f in args.files]
+        meta = ("command", "date", "git", "machine", "recovered")
+        result = {**parts[0], "rows": [], "cases": []}
+        result["earlier_runs"] = list(parts[0].get("earlier_runs", []))
+        for k, part in enumerate(parts):
+            ran = {r["case"] for r in part["rows"]}
+            fresh = [c for c in part["cases"] if c in ran and c not in result["cases"]]
+            result["cases"] += fresh
+            result["rows"] += [r for r in part["rows"] if r["case"] in fresh]
+            if k:  # the first run's meta is the header; the others are named
+                result["earlier_runs"] += part.get("earlier_runs", [])
+                result["earlier_runs"].append({m: part[m] for m in meta if m in part})
+        write(Path(args.out), "multislice", result, markdown(result))
+        print(markdown(result))
+        return 0
     result = {**run_meta("multislice.py", argv), "counts": args.counts, "cases": args.case}
     result["rows"], done = [], set()
     previous = Path(args.out) / "multislice.json"

@@ -173,3 +173,37 @@ def test_multislice_plan_and_assembly(multislice):
         assert row["mae_strain_mean"] == 0.0 and row["mae_theta"] == 0.0
         if (~crystal).any():
             assert row["vacuum_invalid"] == 1.0
+
+
+def test_multislice_merge_names_every_run(multislice, tmp_path):
+    ms, _ = multislice
+
+    def row(case, method, v):
+        r = {"case": case, "noise": 0.0, "method": method, "seconds": 1.0, "fit_s": 1.0}
+        r.update({f"mae_{k}": v for k in ms.KEYS}, mae_strain_mean=v, valid_crystal=1.0)
+        if method == "CC-ST-AE":
+            r.update(symmetry_detected=4, attempts=1, sensitivity=[0.4])
+        else:
+            r["params"] = {"corr_power": 1.0}
+        return r
+
+    meta = dict(machine="m", threads=2, counts=1e5)
+    a = dict(
+        meta, command="run A", date="d1", git="g1", cases=["Si001_grains", "Si110_grains"]
+    )
+    a["rows"] = [row("Si001_grains", m, 1e-3) for m in ("CC-ST-AE", "py4DSTEM")]
+    b = dict(meta, command="run B", date="d2", git="g2", cases=["MoS2_flake"])
+    b["rows"] = [row("MoS2_flake", m, 2e-3) for m in ("CC-ST-AE", "py4DSTEM")]
+    for name, r in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    out = tmp_path / "out"
+    ms.main(
+        ["merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)]
+    )
+    merged = json.loads((out / "multislice.json").read_text())
+    assert merged["cases"] == ["Si001_grains", "MoS2_flake"]  # Si110 never ran
+    assert len(merged["rows"]) == 4 and merged["command"] == "run A"
+    assert [r["command"] for r in merged["earlier_runs"]] == ["run B"]
+    md = (out / "multislice.md").read_text()
+    assert "## Si001_grains" in md and "## MoS2_flake" in md and "Si110" not in md
+    assert "`run B`" in md and "| 0 | 1.00 / 1.00 / 1.00 | 0.057 |" in md
