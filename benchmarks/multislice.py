@@ -511,7 +511,7 @@ def markdown(result: dict) -> str:
         ]
     for run in [result] + result.get("earlier_runs", []):
         if run.get("recovered"):
-            lines += [f"Note: {run['recovered']}.", ""]
+            lines += [f"Note on the run of {run.get('date')}: {run['recovered']}.", ""]
     for name in result["cases"]:
         c = CASES[name]
         rows = [r for r in result["rows"] if r["case"] == name]
