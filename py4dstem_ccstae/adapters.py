@@ -532,14 +532,13 @@ class DiffractionInputs:
             )
             origin = _measure_origin(data, scan_shape, batch_size)
 
-        smax = float(np.linalg.svd(C, compute_uv=False).max())
         if q_max is not None:
             # the field of view (+-q_max) must reach the detector somewhere:
             # beyond its farthest corner there are no pixels at all (and a
             # huge q_max would make the resampling's supersampling explode)
             corners = np.array([[0, 0], [0, Qy - 1], [Qx - 1, 0], [Qx - 1, Qy - 1]], float)
             far = np.linalg.norm(origin.reshape(-1, 1, 2) - corners, axis=-1).max()
-            reach = smax * float(far)
+            reach = float(np.linalg.svd(C, compute_uv=False).max()) * float(far)
             if q_max > reach:
                 raise ValueError(
                     f"q_max={q_max:g} {units} lies beyond the detector, whose farthest "

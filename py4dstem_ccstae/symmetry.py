@@ -139,10 +139,12 @@ def pattern_symmetry_scores(
     mask = np.asarray(mask, bool)
     spots = _spots_only(np.asarray(pattern, float), mask)
     # targets: every maximum down to half the threshold (a rotated vector's
-    # partner may be weaker); sources: the strongest, short enough that their
-    # rotated partners lie inside the lags the ring can show
-    v_all, _ = _lattice_vectors(spots, min_lag, PEAK_FRACTION / 2)
-    v, h = _lattice_vectors(spots, min_lag, PEAK_FRACTION)
+    # partner may be weaker); sources: those above the threshold (heights
+    # sorted, the first is the highest), short enough that their rotated
+    # partners lie inside the lags the ring can show
+    v_all, h_all = _lattice_vectors(spots, min_lag, PEAK_FRACTION / 2)
+    strong = h_all > PEAK_FRACTION * h_all[0] if len(h_all) else np.zeros(0, bool)
+    v, h = v_all[strong], h_all[strong]
     yy, xx = np.nonzero(mask)
     reach = float(
         np.hypot(yy - (mask.shape[0] - 1) / 2, xx - (mask.shape[1] - 1) / 2).max()

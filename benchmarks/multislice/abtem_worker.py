@@ -171,21 +171,25 @@ def simulate(job: dict, entry: dict) -> np.ndarray:
     return np.stack([_detector(a, job) for a in arr])
 
 
+def _crop(job: dict, N: int) -> tuple[float, int]:
+    """k = 0 in binned pixels and the first binned pixel kept, for an N x N far field."""
+    b, size = int(job["bin"]), int(job["size"])
+    k0 = (N // 2 - (b - 1) / 2.0) / b  # fftshifted: k = 0 at pixel N // 2
+    return k0, int(round(k0 - size / 2.0))
+
+
 def _detector(pattern: np.ndarray, job: dict) -> np.ndarray:
     """Bin ``bin x bin`` and crop ``size x size`` around k = 0 (fftshifted input)."""
     b, size = int(job["bin"]), int(job["size"])
     N = pattern.shape[0]
     binned = pattern[: N - N % b, : N - N % b].reshape(N // b, b, N // b, b).sum((1, 3))
-    k0 = (N // 2 - (b - 1) / 2.0) / b  # k = 0 in binned coordinates
-    start = int(round(k0 - size / 2.0))
+    _, start = _crop(job, N)
     return binned[start : start + size, start : start + size].astype(np.float32)
 
 
 def origin(job: dict) -> tuple[float, float]:
-    b, size = int(job["bin"]), int(job["size"])
-    N = int(round(job["box"] / job["sampling"]))
-    k0 = (N // 2 - (b - 1) / 2.0) / b
-    start = int(round(k0 - size / 2.0))
+    """(row, column) of k = 0 in the cropped patterns (binned pixels)."""
+    k0, start = _crop(job, int(round(job["box"] / job["sampling"])))
     return (k0 - start, k0 - start)
 
 
