@@ -436,6 +436,7 @@ class DiffractionInputs:
         ring: tuple[float, float] | None = None,
         batch_size: int = 256,
         cache_mb: float = 256.0,
+        units: str | None = None,
     ) -> DiffractionInputs:
         """Network inputs for a calibrated DataCube.
 
@@ -476,6 +477,11 @@ class DiffractionInputs:
             Larger scans are streamed as before; ``0`` never caches. A cached
             object is a snapshot: later changes to the DataCube's data are not
             seen.
+        units : str, optional
+            The Q units ``q_max`` and ``ring`` are given in (a fitted model's
+            units): a DataCube calibrated in other units is refused
+            (ValueError) instead of being sampled over a field of view of
+            another meaning (e.g. 1.2 pixels instead of 1.2 A^-1).
 
         Returns
         -------
@@ -517,7 +523,16 @@ class DiffractionInputs:
 
         # calibration -> detector matrix
         cal = datacube.calibration
+        expected_units = units
         qps, units, ellipse, rot, flip = _checked_calibration(cal)
+        if expected_units is not None and units != expected_units:
+            raise ValueError(
+                f"datacube calibration: Q pixel units are {units!r}, but the model "
+                f"works in {expected_units!r} (it was fitted on data calibrated in "
+                f"{expected_units}): calibrate the DataCube as the training data was "
+                "(datacube.calibration.set_Q_pixel_size and set_Q_pixel_units), so "
+                "that the model's field of view means the same"
+            )
         C = detector_matrix(qps, ellipse, rot, flip)
 
         origin = _calibrated_origin(cal, scan_shape)
@@ -840,3 +855,55 @@ class DiffractionInputs:
     def q_vectors(self) -> np.ndarray:
         """Calibrated vector ``q`` of every output pixel, (size, size, 2), Q units."""
         return self._q.copy()
+
+    def disk_coverage(self, indices, q: np.ndarray, radius: float) -> np.ndarray:
+        """Fraction of each disk that lies on the detector, per scan position.
+
+        Parameters
+        ----------
+        indices : array of int
+            Flat scan indices (as :meth:`batch`).
+        q : ndarray (n, 2)
+            Disk centres, calibrated Q units (``(qx, qy)``, the frame of the
+            output patterns; a spot at model pixel offset ``o`` from the
+            centre has ``q = o * dq``).
+        radius : float
+            Disk radius, Q units (>= 0).
+
+        Returns
+        -------
+        ndarray float64 (len(indices), n)
+            For every position and disk, the fraction of :data:`_DISK_SAMPLES`
+            points spread evenly over the disk whose detector location
+            ``origin + inv(C) @ (q + d)`` (pixel centres at integer
+            coordinates) lies within ``[0, Qx - 1] x [0, Qy - 1]``. 1: the
+            whole disk is recorded; 0: none of it (the field of view is off
+            the detector there).
+        """
+        idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
+        q = np.asarray(q, dtype=float).reshape(-1, 2)
+        Qx, Qy = (int(v) for v in self._data.shape[-2:])
+        pts = q[:, None, :] + float(radius) * _disk_points()[None]  # (n, m, 2)
+        offsets = pts @ np.linalg.inv(self.detector_matrix).T
+        p = self.origin.reshape(-1, 2)[idx][:, None, None, :] + offsets[None]
+        inside = (
+            (p[..., 0] >= 0)
+            & (p[..., 0] <= Qx - 1)
+            & (p[..., 1] >= 0)
+            & (p[..., 1] <= Qy - 1)
+        )
+        return inside.mean(-1)
+
+
+#: Points per disk of :meth:`DiffractionInputs.disk_coverage` (a centre and
+#: rings at radii 1/3, 2/3, 1 with 6, 12, 18 points).
+_DISK_SAMPLES = 37
+
+
+def _disk_points() -> np.ndarray:
+    """``_DISK_SAMPLES`` points spread evenly over the unit disk, (m, 2)."""
+    pts = [np.zeros((1, 2))]
+    for ring, n in ((1 / 3, 6), (2 / 3, 12), (1.0, 18)):
+        a = 2 * np.pi * (np.arange(n) + 0.5 * (ring < 1)) / n
+        pts.append(ring * np.stack([np.cos(a), np.sin(a)], -1))
+    return np.concatenate(pts)

@@ -29,10 +29,13 @@ atomically and never overwrite existing files without ``--force``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -372,14 +375,61 @@ def _check_outputs(inputs: dict, outputs: dict, force: bool) -> None:
         folder = p.parent if str(p.parent) else Path(".")
         if not folder.is_dir():
             raise ValueError(f"{flag}: folder {str(folder)!r} does not exist")
-        if not os.access(folder, os.W_OK):
-            raise ValueError(f"{flag}: folder {str(folder)!r} is not writable")
         if p.is_dir():
             raise ValueError(f"{flag}: {str(p)!r} is a folder")
         if p.exists() and not force:
             from .io import OutputExistsError
 
-            raise OutputExistsError(f"{flag}: {str(p)!r} exists; pass --force to overwrite")
+            raise OutputExistsError(f"{flag}: {str(p)!r} exists; {FORCE_HINT}")
+
+
+#: What an "output exists" error of the command line advises.
+FORCE_HINT = "pass --force to overwrite it"
+
+
+@contextlib.contextmanager
+def _reserved(outputs: dict, force: bool) -> Iterator[None]:
+    """Claim every output (``{flag: path}``) before the work, for the whole block.
+
+    :func:`~py4dstem_ccstae.io.reserve_output`: the folder is probed by
+    creating a file in it, an existing output needs ``force``, and another
+    command writing the same new file fails now, not after its training.
+    """
+    from .io import reserve_output
+
+    with contextlib.ExitStack() as stack:
+        for flag, p in outputs.items():
+            if p is not None:
+                stack.enter_context(
+                    reserve_output(p, overwrite=force, argname=flag, exists_hint=FORCE_HINT)
+                )
+        yield
+
+
+def _save_result(out: Path, root, force: bool) -> None:
+    """Write the output EMD file; if that fails after the work, keep the result.
+
+    A write that fails although the output was reserved (disk full, the
+    folder removed or remounted read-only meanwhile) saves the result to a
+    new file in the system's temporary folder and says where (ValueError).
+    """
+    from .io import OutputExistsError, save_emd
+
+    try:
+        save_emd(out, root, overwrite=force, argname="--out", exists_hint=FORCE_HINT)
+    except (OSError, ValueError) as err:
+        if isinstance(err, OutputExistsError):
+            raise
+        import tempfile
+
+        fd, rescue = tempfile.mkstemp(prefix=f"{out.stem}-", suffix=".h5")
+        os.close(fd)
+        save_emd(rescue, root, overwrite=True)
+        reason = " ".join(str(err).split())
+        raise ValueError(
+            f"--out: writing {str(out)!r} failed ({reason}); the result was saved to "
+            f"{rescue!r} instead"
+        ) from None
 
 
 def _read_braggvectors(spec: str | None, input: Path):
@@ -476,7 +526,9 @@ def write_strain_plot(strain, path: str | os.PathLike, *, overwrite: bool = Fals
         strain, vrange=[-v, v], vrange_theta=[-t, t], show_gvects=False, returnfig=True
     )
     try:
-        with atomic_write(path, overwrite=overwrite, argname="--plot") as tmp:
+        with atomic_write(
+            path, overwrite=overwrite, argname="--plot", exists_hint=FORCE_HINT
+        ) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
@@ -517,6 +569,8 @@ def run_fit(
     force: bool = False,
     progress: bool = True,
     config: dict | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> dict:
     """Train a CC-ST-AE on one file; write its strain map and the model to one EMD file.
 
@@ -550,11 +604,18 @@ def run_fit(
     seed : int
         Random seed (training is deterministic on CPU for a given seed).
     force : bool
-        Overwrite existing ``out``/``plot``.
+        Overwrite existing ``out``/``plot`` (and a ``checkpoint`` file that is
+        not a training checkpoint).
     progress : bool
         Show per-epoch progress.
     config : dict, optional
         Further :class:`~py4dstem_ccstae.CCSTAE` options.
+    checkpoint : str or PathLike, optional
+        Training checkpoint written after every epoch
+        (:meth:`CCSTAE.fit <py4dstem_ccstae.CCSTAE.fit>`).
+    resume : bool
+        Continue from ``checkpoint`` (a fit killed mid-training resumes
+        where it stopped, with the same result).
 
     Returns
     -------
@@ -566,46 +627,78 @@ def run_fit(
     Raises
     ------
     ValueError
-        Any bad argument or unreadable input (message names the option).
+        Any bad argument or unreadable input (message names the option); a
+        folder in which no output file can be created (probed before
+        training). If the final write still fails, the result is saved to
+        the system's temporary folder and the error says where.
     FileExistsError
-        An output exists and ``force`` is False (also a ValueError).
+        An output exists and ``force`` is False, or another process is
+        writing it (also a ValueError), found before training.
     """
     from .estimator import CCSTAE
-    from .io import read_datacube, save_emd
+    from .io import read_datacube
     from .train import resolve_device
 
     t0 = time.perf_counter()
     input = Path(input)
     out = default_output(input) if out is None else Path(out)
-    _check_outputs({"INPUT": input}, {"--out": out, "--plot": plot}, force)
+    outputs = {"--out": out, "--plot": plot}
+    _check_outputs({"INPUT": input}, outputs, force)
+    if checkpoint is not None and any(
+        p is not None and Path(p).resolve() == Path(checkpoint).resolve()
+        for p in (input, out, plot)
+    ):
+        raise ValueError(f"--checkpoint: {str(checkpoint)!r} is also an input or output")
+    if resume and checkpoint is None:
+        raise ValueError("--resume needs --checkpoint FILE")
     resolve_device(device)
     cfg = dict(config or {})
     if epochs is not None:
         cfg["epochs"] = epochs
     model = CCSTAE(**cfg)
-    dc = read_datacube(input, datapath)
-    scan = tuple(int(n) for n in dc.data.shape[:2])
-    ref = _resolve_reference(reference, reference_mask, scan)
-    bv = _read_braggvectors(braggvectors, input)
-    t1 = time.perf_counter()
-    model.fit(dc, braggvectors=bv, seed=seed, device=device, progress=progress)
-    train_s = time.perf_counter() - t1
-    strain = model.strain_map(dc, reference=ref)
-    info = _run_info(
-        "fit",
-        input,
-        datapath,
-        reference,
-        reference_mask,
-        dc,
-        seed=int(seed),
-        device=str(next(model.net.parameters()).device),
-        braggvectors=braggvectors or "",
-        train_seconds=train_s,
-    )
-    save_emd(out, _output_root(strain, model, info), overwrite=force)
-    if plot is not None:
-        write_strain_plot(strain, plot, overwrite=force)
+    with _reserved(outputs, force):
+        dc = read_datacube(input, datapath)
+        scan = tuple(int(n) for n in dc.data.shape[:2])
+        ref = _resolve_reference(reference, reference_mask, scan)
+        bv = _read_braggvectors(braggvectors, input)
+        t1 = time.perf_counter()
+        try:
+            model.fit(
+                dc,
+                braggvectors=bv,
+                seed=seed,
+                device=device,
+                progress=progress,
+                checkpoint=checkpoint,
+                resume=resume,
+                overwrite=force,
+            )
+        except ValueError as err:
+            msg = str(err)
+            if msg.startswith("checkpoint:"):
+                msg = "--checkpoint:" + msg.removeprefix("checkpoint:")
+                msg = msg.replace("overwrite=True", "--force").replace(
+                    "resume=False", "without --resume"
+                )
+                raise ValueError(msg) from None
+            raise
+        train_s = time.perf_counter() - t1
+        strain = model.strain_map(dc, reference=ref)
+        info = _run_info(
+            "fit",
+            input,
+            datapath,
+            reference,
+            reference_mask,
+            dc,
+            seed=int(seed),
+            device=str(next(model.net.parameters()).device),
+            braggvectors=braggvectors or "",
+            train_seconds=train_s,
+        )
+        _save_result(out, _output_root(strain, model, info), force)
+        if plot is not None:
+            write_strain_plot(strain, plot, overwrite=force)
     return {
         "input": input,
         "output": out,
@@ -654,38 +747,38 @@ def run_predict(
         ``seconds`` (s), ``strain``.
     """
     from .estimator import CCSTAE
-    from .io import read_datacube, save_emd
+    from .io import read_datacube
     from .train import resolve_device
 
     t0 = time.perf_counter()
     input = Path(input)
     out = default_output(input) if out is None else Path(out)
     model_path = None if isinstance(model, CCSTAE) else Path(model)
-    _check_outputs(
-        {"INPUT": input, "MODEL": model_path}, {"--out": out, "--plot": plot}, force
-    )
+    outputs = {"--out": out, "--plot": plot}
+    _check_outputs({"INPUT": input, "MODEL": model_path}, outputs, force)
     resolve_device(device)
     if model_path is not None:
         try:
             model = CCSTAE.load(model_path, device=device)
         except ValueError as err:
             raise ValueError(f"MODEL: {str(err).removeprefix('path: ')}") from None
-    dc = read_datacube(input, datapath)
-    scan = tuple(int(n) for n in dc.data.shape[:2])
-    ref = _resolve_reference(reference, reference_mask, scan)
-    strain = model.strain_map(dc, reference=ref)
-    info = _run_info(
-        "predict",
-        input,
-        datapath,
-        reference,
-        reference_mask,
-        dc,
-        model="" if model_path is None else str(model_path.resolve()),
-    )
-    save_emd(out, _output_root(strain, None, info), overwrite=force)
-    if plot is not None:
-        write_strain_plot(strain, plot, overwrite=force)
+    with _reserved(outputs, force):
+        dc = read_datacube(input, datapath)
+        scan = tuple(int(n) for n in dc.data.shape[:2])
+        ref = _resolve_reference(reference, reference_mask, scan)
+        strain = model.strain_map(dc, reference=ref)
+        info = _run_info(
+            "predict",
+            input,
+            datapath,
+            reference,
+            reference_mask,
+            dc,
+            model="" if model_path is None else str(model_path.resolve()),
+        )
+        _save_result(out, _output_root(strain, None, info), force)
+        if plot is not None:
+            write_strain_plot(strain, plot, overwrite=force)
     return {
         "input": input,
         "output": out,
@@ -747,6 +840,19 @@ def _refine_config(steps: int | None) -> dict:
     return {"refine": steps > 0, "refine_steps": max(steps, 1)}
 
 
+def _fit_config(options: list | None, refine_steps: int | None) -> dict:
+    """CCSTAE options of ``--set`` and ``--refine-steps``; ValueError if they disagree."""
+    cfg = dict(options or [])
+    extra = _refine_config(refine_steps)
+    for key, value in extra.items():
+        if key in cfg and cfg[key] != value:
+            raise ValueError(
+                f"--refine-steps {refine_steps} contradicts --set {key}="
+                f"{json.dumps(cfg[key])}; give one of them"
+            )
+    return {**cfg, **extra}
+
+
 def config_option(text: str) -> tuple[str, object]:
     """argparse ``type=`` for ``--set KEY=VALUE``: a CCSTAE option and its value.
 
@@ -791,7 +897,9 @@ def _fit(args) -> int:
             epochs=args.epochs,
             seed=args.seed,
             force=args.force,
-            config={**dict(args.set or []), **_refine_config(args.refine_steps)},
+            config=_fit_config(args.set, args.refine_steps),
+            checkpoint=args.checkpoint,
+            resume=args.resume,
         )
     except (ValueError, FileExistsError) as err:
         return _fail("fit", err)
@@ -899,6 +1007,17 @@ def _add_fit_predict(sub) -> None:
         help="per-pattern refinement steps after training (default: CCSTAE's; "
         "0: no refinement, faster, less accurate); stored in the model and used "
         "by 'predict'",
+    )
+    fit.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="write a training checkpoint here after every epoch (atomically); "
+        "with --resume, continue from it (a killed fit resumes with the same result)",
+    )
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue training from --checkpoint FILE if it exists",
     )
     fit.add_argument(
         "--set",

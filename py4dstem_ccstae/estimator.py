@@ -128,6 +128,11 @@ WEAK_GAIN = 0.25
 #: Fraction of such patterns from which ``fit`` warns (vacuum in the scan).
 WEAK_WARN_FRACTION = 0.05
 
+#: Loss of a spot's disk area on the detector (fraction), relative to the
+#: training data, from which a position is invalid (its field of view is
+#: partly off the detector: the origin moved, or another detector).
+COVERAGE_DROP = 0.2
+
 #: Patterns read and predicted at a time.
 _PREDICT_BATCH = 1024
 
@@ -212,12 +217,23 @@ class CCSTAE:
         self.history_: list = []
 
     # ------------------------------------------------------------- inputs
-    def _inputs(self, data, braggvectors=None) -> DiffractionInputs:
+    def _inputs(self, data, braggvectors=None, fitted: dict | None = None):
+        """:class:`DiffractionInputs` of ``data`` for the geometry of ``fitted``.
+
+        ``fitted``: the fitted state whose field of view, ring and units the
+        inputs must have (default ``fitted_``; ``{}`` for a new fit: the
+        options decide).
+        """
+        fitted = self.fitted_ if fitted is None else fitted
         if isinstance(data, DiffractionInputs):
+            if fitted:
+                _check_prepared(data, self.config, fitted)
             return data
         kw = dict(size=self.config["size"], scaling=self.config["scaling"])
-        q_max = self.fitted_.get("q_max", self.config["q_max"])
-        ring = self.fitted_.get("ring", self.config["ring"])
+        if fitted.get("units"):
+            kw["units"] = fitted["units"]
+        q_max = fitted.get("q_max", self.config["q_max"])
+        ring = fitted.get("ring", self.config["ring"])
         if q_max is not None:
             kw["q_max"] = q_max
         if ring is not None:
@@ -251,6 +267,7 @@ class CCSTAE:
         progress: bool = True,
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
+        overwrite: bool = False,
     ) -> CCSTAE:
         """Train on a DataCube (or prepared :class:`DiffractionInputs`).
 
@@ -268,10 +285,21 @@ class CCSTAE:
         progress : bool
             tqdm bar per epoch with the current loss.
         checkpoint : path-like, optional
-            File written atomically after every epoch (its folder must exist).
+            File written atomically after every epoch (its folder must exist
+            and accept files: probed before training). An existing
+            checkpoint of this package is continued with ``resume`` and
+            replaced without it; any other existing file is refused unless
+            ``overwrite``.
         resume : bool
             Continue training from ``checkpoint`` when it exists (from the
-            lock-on attempt it was written by, see Notes).
+            lock-on attempt it was written by, see Notes). The checkpoint must
+            come from the same data and the same network options (``size``,
+            ``num_bases``, ``symmetry``, ``width``, ``max_strain``,
+            ``scaling``, ``q_max``, ``ring``); a difference is a ValueError
+            naming the option.
+        overwrite : bool
+            Replace an existing ``checkpoint`` file that is not a training
+            checkpoint of this package. Default False (OutputExistsError).
 
         Returns
         -------
@@ -293,9 +321,15 @@ class CCSTAE:
         """
         seed = check_seed(seed)
         dev = resolve_device(device)
+        for name, flag in (("resume", resume), ("overwrite", overwrite)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint file (checkpoint=...)")
+        saved = _check_checkpoint(checkpoint, bool(resume), bool(overwrite))
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        inputs = self._inputs(data, braggvectors)
+        inputs = self._inputs(data, braggvectors, fitted={})
         # training set: every pattern, or a fixed random subset of large scans
         # (memory stays bounded; the encoder does not need all of them)
         n_all = inputs.n_patterns
@@ -313,10 +347,19 @@ class CCSTAE:
             some = X[_spread(len(X), SYMMETRY_PATTERNS)].numpy()
             sym = lattice_symmetry(some, inputs.mask, X.mean(0).numpy())
         cfg = self._train_config()
-        if checkpoint is not None:
-            folder = Path(checkpoint).resolve().parent
-            if not folder.is_dir():
-                raise ValueError(f"checkpoint: folder {str(folder)!r} does not exist")
+        # what a checkpoint must share with this fit to be continued
+        network = {
+            "size": int(inputs.size),
+            "num_bases": int(self.config["num_bases"]),
+            "symmetry": int(sym),
+            "width": int(self.config["width"]),
+            "max_strain": float(self.config["max_strain"]),
+            "scaling": inputs.scaling,
+            "q_max": round(float(inputs.q_max), 9),
+            "ring": [round(float(r), 9) for r in inputs.ring],
+        }
+        if saved is not None and resume:
+            _check_resumable(checkpoint, saved, network)
         # lock-on check: an encoder that never locked on ignores its input
         # (constant output); then train again from a new initialisation
         probe = X[_spread(len(X), SENSITIVITY_PATTERNS)]
@@ -326,8 +369,8 @@ class CCSTAE:
         def locked(sens: dict) -> bool:  # min_sensitivity 0: no check
             return threshold <= 0 or sens["mean"] >= threshold
 
-        if resume and checkpoint is not None and os.path.exists(checkpoint):
-            first = _checkpoint_attempt(checkpoint)
+        if resume and saved is not None:
+            first = int(saved.get("attempt", 0))
         for attempt in range(first, 1 + max(first, int(self.config["retries"]))):
             attempt_seed = seed + attempt * RETRY_SEED_STEP
             t_attempt = time.perf_counter()
@@ -349,6 +392,7 @@ class CCSTAE:
                 checkpoint=checkpoint,
                 resume=bool(resume) and attempt == first,
                 attempt=attempt,
+                options=network,
             )
             sens = encoder_sensitivity(net, _lattice_probes(net, probe, inputs.mask, cfg))
             attempts.append(
@@ -477,6 +521,13 @@ class CCSTAE:
                     UserWarning,
                     stacklevel=2,
                 )
+        # how much of every spot's disk the training data recorded: predict
+        # flags positions that lose more than COVERAGE_DROP of a disk
+        rows_cov = train_idx[_spread(len(train_idx), REALIGN_PATTERNS)]
+        coverage = [
+            None if cov is None else np.median(cov, 0).round(4).tolist()
+            for cov in _spot_coverage(inputs, rows_cov, base_spots, radius)
+        ]
         self.fitted_ = {
             "q_max": float(inputs.q_max),
             "ring": [float(r) for r in inputs.ring],
@@ -485,6 +536,7 @@ class CCSTAE:
             "spots": None if spots is None else spots.tolist(),
             "spot_radius": radius,
             "base_spots": [None if sp is None else sp.tolist() for sp in base_spots],
+            "spot_coverage": coverage,
             "spot_gain_quantiles": spot_gain_q,
             "weak_fraction": weak,
             "train_patterns": int(len(train_idx)),
@@ -587,6 +639,11 @@ class CCSTAE:
         cls = torch.empty(N, dtype=torch.long)
         error = torch.empty(N, dtype=torch.float64)
         shows = torch.ones(N, dtype=torch.bool)  # the pattern shows its base's spots
+        off = np.zeros(N, bool)  # a spot of its base is (partly) off the detector
+        radius = float(self.fitted_.get("spot_radius") or 0.0)
+        ref_coverage = self.fitted_.get("spot_coverage") or [
+            None if sp is None else [1.0] * len(sp) for sp in base_spots
+        ]
         # streamed: memory holds one batch of inputs plus the outputs
         for idx, xb in inputs.iter_batches(_PREDICT_BATCH):
             X = torch.from_numpy(xb)
@@ -625,15 +682,34 @@ class CCSTAE:
                         spot_mask.to(dev),
                     )
                 err[rows] = fwd.cpu().to(torch.float64)
+            # a spot that lost part of its disk off the detector (compared with
+            # the training data) cannot be measured there
+            cov = _spot_coverage(inputs, idx, base_spots, radius)
+            for k, (c, ref) in enumerate(zip(cov, ref_coverage, strict=True)):
+                if c is None:
+                    continue
+                lost = ((np.asarray(ref)[None] - c) > COVERAGE_DROP).any(-1)
+                off[idx[lost & (enc["cls"].numpy() == k)]] = True
             t = torch.from_numpy(idx)
             A[t], cls[t], error[t] = Ab.cpu(), enc["cls"], err
             shows[t] = lattice
         shape = inputs.scan_shape
+        if off.any():
+            warnings.warn(
+                f"CCSTAE.predict: at {int(off.sum())} of {N} positions a Bragg spot of "
+                f"the model lies (partly) off the detector, more than at training "
+                "(the origin moved, or a smaller detector): those positions are "
+                "marked invalid (mask 0, NaN strain). Check the origin calibration.",
+                UserWarning,
+                stacklevel=2,
+            )
         return {
             "A": A.cpu().numpy().astype(np.float64).reshape(*shape, 2, 2),
             "class": cls.numpy().reshape(shape),
             "error": error.cpu().numpy().astype(np.float64).reshape(shape),
-            "valid": (valid_class[cls] & shows).numpy().reshape(shape),
+            "valid": (valid_class[cls] & shows & torch.from_numpy(~off))
+            .numpy()
+            .reshape(shape),
         }
 
     def _base_spots(self) -> list[np.ndarray | None]:
@@ -798,30 +874,56 @@ class CCSTAE:
             Fitted, with ``config``, ``fitted_`` and ``history_`` restored.
         """
         dev = resolve_device(device)
+        name = getattr(node, "name", node)
         md = getattr(node, "metadata", {}).get(MODEL_METADATA)
         if md is None:
-            raise ValueError(f"node: {getattr(node, 'name', node)!r} is not a CCSTAE model")
+            raise ValueError(f"node: {name!r} is not a CCSTAE model")
+        missing = [k for k in _MODEL_KEYS if k not in md.keys]
+        if missing:
+            raise ValueError(
+                f"node: the model metadata of {name!r} lacks {', '.join(missing)} "
+                "(a damaged or edited file)"
+            )
         if md["format"] != MODEL_FORMAT:
             raise ValueError(
                 f"node: model format {md['format']!r} is not {MODEL_FORMAT!r}; "
                 "upgrade py4dstem-ccstae"
             )
-        shapes = json.loads(md["state_shapes"])
+        parsed = {k: _from_json(md[k], k, name) for k in _MODEL_KEYS if k != "format"}
         state = {}
-        for key, shape in shapes.items():
-            arr = node.tree("bases" if key == "bases" else f"weights/{key}").data
-            state[key] = torch.from_numpy(np.array(arr).reshape(shape))
+        for key, shape in parsed["state_shapes"].items():
+            where = "bases" if key == "bases" else f"weights/{key}"
+            try:
+                arr = node.tree(where).data
+            except (AssertionError, KeyError, AttributeError):
+                raise ValueError(
+                    f"node: the model {name!r} has lost its {where!r} array "
+                    "(a damaged or edited file)"
+                ) from None
+            try:
+                state[key] = torch.from_numpy(np.array(arr).reshape(shape))
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"node: the model's {where!r} array has shape {np.shape(arr)}, "
+                    f"its metadata says {tuple(shape)} (a damaged or edited file)"
+                ) from None
         return cls._from_state(
-            json.loads(md["config"]),
-            json.loads(md["fitted"]),
-            json.loads(md["history"]),
-            state,
-            dev,
+            parsed["config"], parsed["fitted"], parsed["history"], state, dev
         )
 
     @classmethod
     def _from_state(cls, config, fitted, history, state, dev) -> CCSTAE:
-        obj = cls(**config)
+        if not isinstance(config, dict) or not isinstance(fitted, dict):
+            raise ValueError("the model's config and fitted metadata must be JSON objects")
+        for key in ("symmetry", "spot_radius", "q_max", "ring", "units"):
+            if key not in fitted:
+                raise ValueError(f"the model's fitted metadata lacks {key!r}")
+        if "bases" not in state or np.ndim(state["bases"]) < 3:
+            raise ValueError("the model has no bases array of shape (K, 1, S, S)")
+        try:
+            obj = cls(**config)
+        except TypeError as err:  # unknown options: a newer version wrote it
+            raise ValueError(f"the model's config is not understood ({err})") from None
         obj.fitted_ = fitted
         obj.history_ = history
         obj.net = CCSTAENet(
@@ -835,7 +937,14 @@ class CCSTAE:
             obj.net.set_spot_patches(torch.zeros_like(state["spot_patches"]))
         if "refine_background" in state:
             obj.net.set_refine_background(torch.zeros_like(state["refine_background"]))
-        obj.net.load_state_dict(state)
+        try:
+            obj.net.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
+            raise ValueError(
+                f"the model's weights do not fit its network options ({detail})"
+            ) from None
         obj.net.to(dev)
         return obj
 
@@ -960,9 +1069,7 @@ class CCSTAE:
             Not a file, not HDF5, no model (under ``datapath``), or several
             models and no ``datapath``.
         """
-        import emdfile
         import h5py
-        import py4DSTEM  # noqa: F401  (registers DiffractionSlice for emdfile.read)
 
         dev = resolve_device(device)
         path = Path(path)
@@ -970,6 +1077,30 @@ class CCSTAE:
             raise ValueError(f"path: {str(path)!r} is not a file")
         if not h5py.is_hdf5(path):
             raise ValueError(f"path: {str(path)!r} is not an HDF5/EMD file")
+        try:
+            return cls._load(path, dev, datapath)
+        except ValueError as err:
+            msg = str(err)
+            if str(path) in msg:
+                raise
+            msg = msg.removeprefix("node: ")
+            raise ValueError(f"path: {str(path)!r}: {msg}") from None
+        except Exception as err:  # noqa: BLE001
+            # h5py on a truncated/corrupt file (OSError), emdfile on a damaged
+            # tree (KeyError, AssertionError, bare Exception)
+            detail = " ".join(str(err).split()) or type(err).__name__
+            raise ValueError(
+                f"path: {str(path)!r} cannot be read as a CCSTAE model (truncated or "
+                f"damaged file? {type(err).__name__}: {detail})"
+            ) from None
+
+    @classmethod
+    def _load(cls, path: Path, dev, datapath: str | None) -> CCSTAE:
+        """:meth:`load` once ``path`` is known to be an HDF5 file."""
+        import emdfile
+        import h5py
+        import py4DSTEM  # noqa: F401  (registers DiffractionSlice for emdfile.read)
+
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") == LEGACY_MODEL_FORMAT:
                 state = {
@@ -1120,15 +1251,134 @@ def _stack_patches(patches: list, base_spots: list) -> torch.Tensor:
     return out
 
 
-def _checkpoint_attempt(path) -> int:
-    """Lock-on attempt a training checkpoint belongs to (0 for older checkpoints)."""
+def _spot_coverage(
+    inputs: DiffractionInputs, idx: np.ndarray, base_spots: list, radius: float
+) -> list[np.ndarray | None]:
+    """Per base: fraction of every spot's disk on the detector, (len(idx), n_k)."""
+    return [
+        None
+        if sp is None
+        else inputs.disk_coverage(idx, np.asarray(sp) * inputs.dq, radius * inputs.dq)
+        for sp in base_spots
+    ]
+
+
+def _check_prepared(inputs: DiffractionInputs, config: dict, fitted: dict) -> None:
+    """ValueError if prepared inputs do not match a fitted model's geometry."""
+    want = {
+        "units": fitted.get("units"),
+        "size": config["size"],
+        "scaling": config["scaling"],
+        "q_max": fitted.get("q_max"),
+        "ring": fitted.get("ring"),
+    }
+    have = {
+        "units": inputs.units,
+        "size": inputs.size,
+        "scaling": inputs.scaling,
+        "q_max": inputs.q_max,
+        "ring": list(inputs.ring),
+    }
+    diff = []
+    for k, w in want.items():
+        if w is None:
+            continue
+        h = have[k]
+        same = (
+            np.allclose(np.asarray(h, float), np.asarray(w, float), rtol=1e-6, atol=0)
+            if k in ("q_max", "ring")
+            else h == w
+        )
+        if not same:
+            diff.append(f"{k}={h!r} (model: {w!r})")
+    if diff:
+        raise ValueError(
+            "data: these DiffractionInputs were prepared differently from the "
+            f"model's training data: {'; '.join(diff)}. Pass the DataCube instead "
+            "(the model prepares it), or build the inputs with the model's size, "
+            "scaling, q_max, ring and units"
+        )
+
+
+def _read_checkpoint(path) -> dict | None:
+    """A training checkpoint of this package at ``path``, or None if it is not one."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file
-        raise ValueError(f"checkpoint: cannot read {str(path)!r} ({exc})") from None
-    if not isinstance(state, dict) or "net" not in state:
-        raise ValueError(f"checkpoint: {str(path)!r} is not a CCSTAE training checkpoint")
-    return int(state.get("attempt", 0))
+    except Exception:  # noqa: BLE001 - any unreadable or foreign file
+        return None
+    if not isinstance(state, dict) or not {"net", "opt", "history"} <= set(state):
+        return None
+    return state
+
+
+def _check_checkpoint(checkpoint, resume: bool, overwrite: bool) -> dict | None:
+    """Validate ``fit``'s checkpoint before any work; the existing checkpoint, if any.
+
+    The folder must accept a new file (probed by creating one: ``os.access``
+    misleads root and read-only mounts), the path must not be a folder, and an
+    existing file must be a training checkpoint of this package (or
+    ``overwrite``).
+    """
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(
+            f"checkpoint must be a path (str or PathLike), got {type(checkpoint).__name__}"
+        )
+    from .io import reserve_output
+
+    path = Path(checkpoint)
+    with reserve_output(path, overwrite=True, argname="checkpoint"):
+        pass
+    if not path.exists():
+        return None
+    state = _read_checkpoint(path)
+    if state is None:
+        if resume:
+            raise ValueError(
+                f"checkpoint: {str(path)!r} is not a CCSTAE training checkpoint; "
+                "cannot resume from it"
+            )
+        if not overwrite:
+            raise OutputExistsError(
+                f"checkpoint: {str(path)!r} exists and is not a CCSTAE training "
+                "checkpoint; pass overwrite=True to replace it, or choose another file"
+            )
+    return state
+
+
+def _check_resumable(path, state: dict, network: dict) -> None:
+    """ValueError naming the options in which a checkpoint differs from this fit."""
+    saved = state.get("options")
+    if not saved:
+        return  # older checkpoints: shapes are compared when loading
+    saved = json.loads(saved)
+    diff = [
+        f"{k}={saved[k]!r} (this fit: {v!r})"
+        for k, v in network.items()
+        if k in saved and saved[k] != v
+    ]
+    if diff:
+        raise ValueError(
+            f"checkpoint: {str(path)!r} was written by a fit with other options: "
+            f"{'; '.join(diff)}. Resume with the same options, or start afresh "
+            "(resume=False)"
+        )
+
+
+#: Metadata keys of a saved model (:meth:`CCSTAE.to_emd`).
+_MODEL_KEYS = ("format", "config", "fitted", "history", "state_shapes")
+
+
+def _from_json(text, key: str, name) -> object:
+    """JSON metadata entry ``key`` of model ``name``; ValueError saying which is bad."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"node: the model metadata {key!r} of {name!r} is not valid JSON "
+            "(a damaged or edited file)"
+        ) from None
 
 
 def _to_json(value) -> str:

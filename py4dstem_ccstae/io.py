@@ -1,7 +1,11 @@
 """EMD/HDF5 input and output: atomic writes that never overwrite unasked.
 
 * :func:`atomic_write` - the one place where files are written: a temporary
-  file beside the target, renamed into place only when complete.
+  file beside the target, renamed into place only when complete; a new file
+  is created exclusively (one of two concurrent writers wins).
+* :func:`reserve_output` - claim an output before long work (writability
+  probed, existence checked, lock held), so that it cannot fail afterwards.
+* :func:`clean_stale_temporaries` - remove temporary files of killed writes.
 * :func:`save_emd` - a py4DSTEM/emdfile tree to a new EMD 1.0 file.
 * :func:`read_datacube` - a DataCube from a py4DSTEM/EMD file (calibration
   included) or from any raw format :func:`py4DSTEM.import_file` reads.
@@ -12,17 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
     "OutputExistsError",
     "atomic_write",
+    "clean_stale_temporaries",
     "find_datacubes",
     "is_emd_file",
     "read_datacube",
+    "reserve_output",
     "save_emd",
 ]
 
@@ -57,6 +66,238 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+#: Temporary files of this package: ``.<name>.ccstae-<host>-<pid>-<random>.tmp``.
+_TMP_PATTERN = re.compile(
+    r"^\.(?P<name>.+)\.ccstae-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[^.]*\.tmp$"
+)
+#: Temporary files of older versions (no owner recorded): ``.<name>.<random>.tmp``.
+_OLD_TMP_AGE_S = 24 * 3600.0
+
+
+def _host() -> str:
+    """This machine's name, reduced to ``[A-Za-z0-9_]`` (part of temp/lock names)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    """True if process ``pid`` runs on this machine (or cannot be checked)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.ccstae.lock")
+
+
+def _mkstemp(folder: Path, name: str, argname: str) -> str:
+    """Create an empty temporary file of this package in ``folder``; its path.
+
+    Creating it is the writability probe (``os.access`` is not enough: root
+    ignores mode bits, and some file systems are read-only or refuse files).
+    """
+    prefix = f".{name}.ccstae-{_host()}-{os.getpid()}-"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(
+            f"{argname}: cannot create a file in folder {str(folder)!r} ({reason})"
+        ) from None
+    os.close(fd)
+    return tmp
+
+
+def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of this package left beside ``path`` by killed writes.
+
+    A write killed mid-way (power loss, ``SIGKILL``, out of memory) cannot
+    remove its temporary file. The next write to the same target removes
+    those whose writer no longer runs on this machine (the host and process
+    id are in the name), and those of older versions (no owner in the name)
+    that are more than a day old. Files of other machines (shared folders)
+    and of running processes are left alone.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    host, now = _host(), time.time()
+    old = re.compile(r"^\." + re.escape(path.name) + r"\.[A-Za-z0-9_]{8}\.tmp$")
+    for entry in entries:
+        m = _TMP_PATTERN.match(entry.name)
+        stale = False
+        if m is not None and m["name"] == path.name:
+            stale = m["host"] == host and not _alive(int(m["pid"]))
+        elif old.match(entry.name):
+            try:
+                stale = now - entry.stat().st_mtime > _OLD_TMP_AGE_S
+            except OSError:
+                stale = False
+        if stale:
+            with contextlib.suppress(OSError):
+                os.remove(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+@contextlib.contextmanager
+def _output_lock(path: Path, argname: str) -> Iterator[None]:
+    """Hold ``.<name>.ccstae.lock`` beside ``path`` (exclusive create) while writing.
+
+    Another live process holding it: :class:`OutputExistsError`. A lock left
+    by a process that no longer runs on this machine is taken over. Nested
+    use by the same process is allowed (the lock is then left to the outer
+    holder).
+    """
+    lock = _lock_path(path)
+    owner = f"{_host()} {os.getpid()}"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            fd = None
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            folder = path.parent if str(path.parent) else Path(".")
+            raise ValueError(
+                f"{argname}: cannot create a file in folder {str(folder)!r} ({reason})"
+            ) from None
+        if fd is not None:
+            with os.fdopen(fd, "w") as f:
+                f.write(owner + "\n")
+            break
+        try:
+            host, pid = lock.read_text().split()[:2]
+            pid = int(pid)
+        except (OSError, ValueError):
+            host, pid = "", -1  # being written this instant, or unreadable
+        if host == _host() and pid == os.getpid():
+            yield  # nested in this process: the outer holder removes the lock
+            return
+        if host == _host() and pid > 0 and not _alive(pid):
+            with contextlib.suppress(OSError):
+                os.remove(lock)  # left by a killed process: take it over
+            continue
+        raise OutputExistsError(
+            f"{argname}: {str(path)!r} is being written by another process "
+            f"({host or 'unknown host'}, pid {pid}); wait for it or choose another "
+            f"file (remove {str(lock)!r} if that process is gone)"
+        )
+    else:  # pragma: no cover - a lock that keeps reappearing
+        raise OutputExistsError(f"{argname}: {str(path)!r} is being written elsewhere")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if lock.read_text().split()[:2] == owner.split():
+                os.remove(lock)
+
+
+def _check_target(path: Path, argname: str) -> Path:
+    """The folder of ``path``; ValueError if it is missing or ``path`` is a folder."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{argname}: folder {str(folder)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{argname}: {str(path)!r} is a folder, not a file")
+    return folder
+
+
+def _exists_message(path: Path, argname: str, hint: str | None) -> str:
+    hint = hint or "pass overwrite=True to replace it (or append=True to add to it)"
+    return f"{argname}: {str(path)!r} exists; {hint}"
+
+
+@contextlib.contextmanager
+def reserve_output(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    argname: str = "path",
+    exists_hint: str | None = None,
+) -> Iterator[Path]:
+    """Claim an output file before long work (training), so that it cannot fail after.
+
+    Checks, before anything is computed, everything that would make the final
+    :func:`atomic_write` fail: the folder exists and accepts a new file
+    (probed by creating and removing a temporary file), ``path`` is not a
+    folder, and it does not exist unless ``overwrite``. Then holds the lock
+    file ``.<name>.ccstae.lock`` beside it until the block ends, so another
+    process that reserves or writes the same new file gets
+    :class:`OutputExistsError` at once instead of after its own training.
+    Writes inside the block (:func:`atomic_write` of this process) proceed.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The output file.
+    overwrite : bool
+        An existing ``path`` is allowed (it will be replaced).
+    argname : str
+        Name used in error messages (``"--out"`` for the command line).
+    exists_hint : str, optional
+        What the "exists" error tells the user to do (default names
+        ``overwrite=True``; the command line says ``--force``).
+
+    Raises
+    ------
+    ValueError
+        Missing folder, a folder in which no file can be created, or
+        ``path`` is a folder.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False, or another process is
+        writing it.
+    """
+    path = Path(path)
+    folder = _check_target(path, argname)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(_exists_message(path, argname, exists_hint))
+    os.remove(_mkstemp(folder, path.name, argname))
+    with _output_lock(path, argname):
+        if path.exists() and not overwrite:  # created meanwhile
+            raise OutputExistsError(_exists_message(path, argname, exists_hint))
+        yield path
+
+
+def _publish_new(tmp: str, path: Path, argname: str, hint: str | None) -> None:
+    """Move ``tmp`` to ``path`` only if ``path`` does not exist (atomic, exclusive)."""
+    try:
+        os.link(tmp, path)  # fails if path exists: exactly one writer wins
+    except FileExistsError:
+        raise OutputExistsError(
+            _exists_message(path, argname, hint) + " (created by another process "
+            "while this one was writing)"
+        ) from None
+    except OSError:
+        # no hard links here (some network/FAT file systems): reserve the
+        # name with an exclusive create, then move the file over it
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            raise OutputExistsError(
+                _exists_message(path, argname, hint) + " (created by another process "
+                "while this one was writing)"
+            ) from None
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike,
@@ -64,14 +305,21 @@ def atomic_write(
     overwrite: bool = False,
     append: bool = False,
     argname: str = "path",
+    exists_hint: str | None = None,
 ) -> Iterator[str]:
     """Yield a temporary file path beside ``path``; rename it into place on success.
 
-    The temporary file lives in the same folder (so the final
-    :func:`os.replace` is atomic), is flushed to disk before the rename, and
-    gets the permissions of the file it replaces (or the umask default for a
-    new file). A crash or exception leaves no partial file and any old file
-    intact.
+    The temporary file lives in the same folder (so the final rename is
+    atomic), is flushed to disk before the rename, and gets the permissions
+    of the file it replaces (or the umask default for a new file). A crash or
+    exception leaves no partial file and any old file intact; temporary files
+    left by earlier killed writes are removed (:func:`clean_stale_temporaries`).
+
+    A new file (no ``overwrite``) is created exclusively: the lock file
+    ``.<name>.ccstae.lock`` is held while writing, and the final step is a
+    hard link that fails if the name exists, so of two processes writing the
+    same new file at the same moment exactly one succeeds and the other gets
+    :class:`OutputExistsError`.
 
     Parameters
     ----------
@@ -82,9 +330,13 @@ def atomic_write(
     append : bool
         If ``path`` exists, the temporary file starts as a byte copy of it
         (the caller adds to it); if not, it starts empty. Needs no
-        ``overwrite``: nothing already in the file is lost.
+        ``overwrite``: nothing already in the file is lost. Appends of
+        several processes to one file are serialised by the lock (the later
+        one gets :class:`OutputExistsError`).
     argname : str
         Argument name used in error messages.
+    exists_hint : str, optional
+        What the "exists" error tells the user to do.
 
     Yields
     ------
@@ -96,44 +348,49 @@ def atomic_write(
     Raises
     ------
     ValueError
-        The folder is missing or not writable, or ``path`` is a folder.
+        The folder is missing or no file can be created in it, or ``path``
+        is a folder.
     OutputExistsError
-        ``path`` exists and neither ``overwrite`` nor ``append`` is set
-        (a subclass of both ``FileExistsError`` and ``ValueError``).
+        ``path`` exists and neither ``overwrite`` nor ``append`` is set, or
+        another process writes it (a subclass of both ``FileExistsError``
+        and ``ValueError``).
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"{argname}: folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{argname}: folder {str(folder)!r} is not writable")
-    if path.is_dir():
-        raise ValueError(f"{argname}: {str(path)!r} is a folder, not a file")
-    exists = path.exists()
-    if exists and not (overwrite or append):
-        raise OutputExistsError(
-            f"{argname}: {str(path)!r} exists; pass overwrite=True to replace it"
-            " (or append=True to add to it)"
-        )
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except PermissionError:
-        raise ValueError(f"{argname}: folder {str(folder)!r} is not writable") from None
-    os.close(fd)
-    try:
-        if append and exists:
-            shutil.copyfile(path, tmp)
-        yield tmp
-        os.chmod(tmp, (path.stat().st_mode & 0o7777) if exists else _default_mode())
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(folder)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    folder = _check_target(path, argname)
+    exclusive = not overwrite
+    if path.exists() and not (overwrite or append):
+        raise OutputExistsError(_exists_message(path, argname, exists_hint))
+    clean_stale_temporaries(path)
+    lock = _output_lock(path, argname) if exclusive else contextlib.nullcontext()
+    with lock:
+        exists = path.exists()
+        if exists and not (overwrite or append):
+            raise OutputExistsError(_exists_message(path, argname, exists_hint))
+        tmp = _mkstemp(folder, path.name, argname)
+        try:
+            if append and exists:
+                shutil.copyfile(path, tmp)
+            yield tmp
+            os.chmod(tmp, (path.stat().st_mode & 0o7777) if exists else _default_mode())
+            _fsync(tmp)
+            if exists:
+                os.replace(tmp, path)
+            else:
+                _publish_new(tmp, path, argname, exists_hint)
+            _fsync(folder)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
-def save_emd(path: str | os.PathLike, node, *, overwrite: bool = False) -> Path:
+def save_emd(
+    path: str | os.PathLike,
+    node,
+    *,
+    overwrite: bool = False,
+    argname: str = "path",
+    exists_hint: str | None = None,
+) -> Path:
     """Save a py4DSTEM/emdfile node (and its tree) to a new EMD file, atomically.
 
     Parameters
@@ -145,6 +402,9 @@ def save_emd(path: str | os.PathLike, node, *, overwrite: bool = False) -> Path:
     overwrite : bool
         Replace an existing file. Default False: an existing file raises
         :class:`OutputExistsError` (a ``ValueError``).
+    argname, exists_hint : str, optional
+        Name of the output and advice used in error messages (as in
+        :func:`atomic_write`).
 
     Returns
     -------
@@ -153,7 +413,9 @@ def save_emd(path: str | os.PathLike, node, *, overwrite: bool = False) -> Path:
     """
     import py4DSTEM
 
-    with atomic_write(path, overwrite=overwrite) as tmp:
+    with atomic_write(
+        path, overwrite=overwrite, argname=argname, exists_hint=exists_hint
+    ) as tmp:
         py4DSTEM.save(tmp, node, mode="o")
     return Path(path)
 

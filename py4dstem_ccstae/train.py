@@ -378,26 +378,11 @@ def spot_mask(ring: torch.Tensor, spots: np.ndarray, radius: float) -> torch.Ten
 
 
 def _save_checkpoint(path, state: dict) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename (atomic)."""
-    import io
-    import os
-    import tempfile
+    """``torch.save`` through :func:`~py4dstem_ccstae.io.atomic_write` (replaces it)."""
+    from .io import atomic_write
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=folder)
-    os.close(fd)
-    try:
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, overwrite=True, argname="checkpoint") as tmp:
+        torch.save(state, tmp)
 
 
 def fit_network(
@@ -411,6 +396,7 @@ def fit_network(
     checkpoint=None,
     resume: bool = False,
     attempt: int = 0,
+    options: dict | None = None,
 ) -> list[dict]:
     """Train ``net`` on patterns ``X`` (N, S, S) with ring ``mask`` (S, S).
 
@@ -427,6 +413,9 @@ def fit_network(
         Training attempt number, stored in the checkpoint (key ``"attempt"``)
         so that a resumed fit knows which of its lock-on retries it continues
         (:meth:`~py4dstem_ccstae.estimator.CCSTAE.fit`).
+    options : dict, optional
+        JSON-able options stored in the checkpoint (key ``"options"``); the
+        estimator compares them before resuming.
 
     On CUDA, training steps run under automatic mixed precision (float16
     autocast with a gradient scaler); on CPU in float32.
@@ -466,6 +455,19 @@ def fit_network(
             raise ValueError(
                 f"checkpoint: {str(checkpoint)!r} was written for {n_ckpt} "
                 f"training patterns, not {N}"
+            )
+        own = net.state_dict()
+        diff = [
+            f"{k} {tuple(v.shape)} (this network: {tuple(own[k].shape)})"
+            for k, v in state["net"].items()
+            if k in own and tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if diff or set(state["net"]) != set(own):
+            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+            raise ValueError(
+                f"checkpoint: {str(checkpoint)!r} holds a network of another shape "
+                f"({'; '.join(diff[:3]) or 'other tensors'}{more}): it was written "
+                "with other size, width or num_bases; resume with those options"
             )
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
@@ -598,6 +600,7 @@ def fit_network(
                     "n_patterns": N,
                     "mask": mask,
                     "attempt": int(attempt),
+                    "options": json.dumps(options or {}),
                 },
             )
         if stale >= config.patience and len(history) >= config.min_epochs:

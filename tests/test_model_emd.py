@@ -174,20 +174,27 @@ def test_bad_input_gives_clear_errors_and_writes_nothing(
     with pytest.raises(ValueError, match="is not a file"):
         CCSTAE.load(tmp_path / "nothing.h5")
 
-    # read-only folder (os.access is what is checked; root ignores chmod)
-    real_access = os.access
-    monkeypatch.setattr(
-        os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode)
-    )
-    with pytest.raises(ValueError, match="not writable"):
+    # a folder that refuses new files: probed by creating one (root ignores
+    # chmod, and os.access says yes on /proc), with an error naming the
+    # argument, not the temporary file
+    import tempfile
+
+    def refuse(*args, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(ValueError, match="path: cannot create a file in folder .*denied"):
         model.save(tmp_path / "ro.h5")
     monkeypatch.undo()
+    if os.path.isdir("/proc"):
+        with pytest.raises(ValueError, match="path: cannot create a file in folder '/proc'"):
+            model.save("/proc/x.h5")
     if os.geteuid() != 0:
         ro = tmp_path / "ro"
         ro.mkdir()
         ro.chmod(0o555)
         try:
-            with pytest.raises(ValueError, match="not writable"):
+            with pytest.raises(ValueError, match="cannot create a file"):
                 model.save(ro / "m.h5")
         finally:
             ro.chmod(0o755)
