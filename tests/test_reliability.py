@@ -70,12 +70,13 @@ def test_units_are_compared_at_prediction(model, scan):
     dc = copy.deepcopy(scan)
     dc.calibration.set_Q_pixel_units("pixels")
     dc.calibration.set_Q_pixel_size(1.0)
-    with pytest.raises(ValueError, match="Q pixel units are 'pixels', but the model works in"):
+    with pytest.raises(ValueError, match="units are 'pixels', but the model works in"):
         model.strain_map(dc)
     # prepared inputs of another geometry are refused too
     from py4dstem_ccstae.adapters import DiffractionInputs
 
-    other = DiffractionInputs.from_datacube(scan, size=32, q_max=0.5 * model.fitted_["q_max"])
+    half = 0.5 * model.fitted_["q_max"]
+    other = DiffractionInputs.from_datacube(scan, size=32, q_max=half)
     with pytest.raises(ValueError, match="prepared differently.*q_max"):
         model.predict(other)
     # a second fit of the same estimator takes its geometry from the options
@@ -351,9 +352,7 @@ def test_cli_keeps_the_result_when_the_final_write_fails(
 def test_cli_refine_steps_and_set_refine_must_agree(tmp_path, capsys):
     src = tmp_path / "x.h5"
     src.write_bytes(b"")
-    code = cli_mod.main(
-        ["fit", str(src), "--set", "refine=false", "--refine-steps", "5"]
-    )
+    code = cli_mod.main(["fit", str(src), "--set", "refine=false", "--refine-steps", "5"])
     assert code == 2
     assert "--refine-steps 5 contradicts --set refine=false" in capsys.readouterr().err
 
