@@ -200,8 +200,13 @@ def _measure_origin(data, scan_shape, batch_size: int) -> np.ndarray:
     for idx in _iter_flat(n, batch_size):
         dp = _read_patterns(data, idx, Ry)
         _check_block(dp)
-        if r is None:
+        if r is None and dp.max() > 0:
             r = float(get_probe_size(dp.max(axis=0))[0])
+            if not (np.isfinite(r) and r > 0):
+                r = None
+        if r is None:  # no signal (yet): these patterns give no origin
+            meas[idx] = np.nan
+            continue
         Qx, Qy = dp.shape[1:]
         sm = gaussian_filter(dp.astype(np.float64), (0, r, r), mode="nearest")
         peak = np.stack(np.unravel_index(sm.reshape(len(idx), -1).argmax(1), (Qx, Qy)), -1)
@@ -210,11 +215,25 @@ def _measure_origin(data, scan_shape, batch_size: int) -> np.ndarray:
         near = np.hypot(ii - peak[:, 0, None, None], jj - peak[:, 1, None, None]) < 1.2 * r
         w = dp * near
         tot = w.sum((1, 2))
-        meas[idx, 0] = (w * ii).sum((1, 2)) / tot
-        meas[idx, 1] = (w * jj).sum((1, 2)) / tot
+        with np.errstate(invalid="ignore", divide="ignore"):
+            meas[idx, 0] = (w * ii).sum((1, 2)) / tot
+            meas[idx, 1] = (w * jj).sum((1, 2)) / tot
+    # blank patterns (no signal) have no origin: the fit uses the others
+    ok = np.isfinite(meas).all(1).reshape(Rx, Ry)
+    if not ok.any():
+        raise ValueError(
+            "datacube has no origin calibration and no pattern with signal to "
+            "measure it from (every pattern is zero); set the origin with "
+            "datacube.calibration.set_origin"
+        )
     qx0, qy0 = meas[:, 0].reshape(Rx, Ry), meas[:, 1].reshape(Rx, Ry)
-    fitfunction = "plane" if min(Rx, Ry) >= 2 else "constant"
-    qx0_fit, qy0_fit, _, _ = fit_origin((qx0, qy0), fitfunction=fitfunction)
+    rows, cols = np.nonzero(ok)
+    plane = np.unique(rows).size >= 2 and np.unique(cols).size >= 2
+    qx0_fit, qy0_fit, _, _ = fit_origin(
+        (np.where(ok, qx0, 0.0), np.where(ok, qy0, 0.0)),
+        mask=ok,
+        fitfunction="plane" if plane else "constant",
+    )
     return np.stack([qx0_fit, qy0_fit], -1).astype(np.float64)
 
 
@@ -245,8 +264,14 @@ def _checked_calibration(cal) -> tuple[float, str, tuple | None, float, bool]:
                 "datacube has a per-position ellipse calibration; only a single "
                 "ellipse (a, b, theta) is supported"
             )
-        ellipse = tuple(float(v) for v in ellipse)
-        a, b, theta = ellipse
+        try:
+            ellipse = tuple(float(v) for v in ellipse)
+            a, b, theta = ellipse
+        except (TypeError, ValueError):
+            raise ValueError(
+                "datacube calibration: the ellipse must be three numbers (a, b, theta), "
+                f"got {cal.get_ellipse()!r}"
+            ) from None
         if not (np.isfinite(ellipse).all() and a > 0 and b > 0):
             raise ValueError(
                 "datacube calibration: the ellipse (a, b, theta) needs finite values "
@@ -632,6 +657,13 @@ class DiffractionInputs:
                 inner, self.ring_source = 0.5 * g_min, "braggvectors"
             else:
                 inner, self.ring_source = 1.5 * self.direct_beam_radius, "direct_beam"
+                if not np.isfinite(inner):
+                    raise ValueError(
+                        "ring: no direct-beam disk found at the centre of the field of "
+                        "view (mean pattern), so the mask's inner radius cannot be "
+                        f"chosen; check the origin calibration, or pass ring=(inner, "
+                        f"outer) in {units}"
+                    )
             if not inner < outer:
                 raise ValueError(
                     f"automatic ring inner radius {inner:.4g} >= outer {outer:.4g} "
