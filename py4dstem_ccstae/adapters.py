@@ -62,6 +62,7 @@ the 99.9th percentile of the scaled mean (linear) resampled pattern.
 
 from __future__ import annotations
 
+import copy
 import math
 import mmap
 import numbers
@@ -188,37 +189,63 @@ def _measure_origin(data, scan_shape, batch_size: int) -> np.ndarray:
     Per pattern: the maximum of the pattern smoothed by a Gaussian of width
     ``r``, then the centre of mass within ``1.2 r`` of it (py4DSTEM's
     ``get_origin``); ``r`` is the probe radius from ``get_probe_size`` on the
-    maximum of the first batch. The measured origins are then fitted by a plane
-    (py4DSTEM's ``fit_origin``; a constant for a single row or column).
+    maximum of the first batch with signal (:func:`_probe_radius`). The
+    measured origins (:func:`_measure_patterns`) are then fitted by a plane
+    (py4DSTEM's ``fit_origin``; a constant for a single row or column) over
+    the patterns with signal (:func:`_fit_measured`).
     """
-    from py4DSTEM.process.calibration import fit_origin, get_probe_size
+    Rx, Ry = scan_shape
+    r = _probe_radius(data, scan_shape, batch_size)
+    meas = np.concatenate(
+        [_measure_patterns(data, idx, Ry, r) for idx in _iter_flat(Rx * Ry, batch_size)]
+    )
+    return _fit_measured(meas, scan_shape)
+
+
+def _probe_radius(data, scan_shape, batch_size: int) -> float | None:
+    """Probe radius (detector pixels) from the first batch with signal; None if none."""
+    from py4DSTEM.process.calibration import get_probe_size
 
     Rx, Ry = scan_shape
-    n = Rx * Ry
-    meas = np.empty((n, 2))
-    r = None
-    for idx in _iter_flat(n, batch_size):
+    for idx in _iter_flat(Rx * Ry, batch_size):
         dp = _read_patterns(data, idx, Ry)
         _check_block(dp)
-        if r is None and dp.max() > 0:
+        if dp.max() > 0:
             r = float(get_probe_size(dp.max(axis=0))[0])
-            if not (np.isfinite(r) and r > 0):
-                r = None
-        if r is None:  # no signal (yet): these patterns give no origin
-            meas[idx] = np.nan
-            continue
-        Qx, Qy = dp.shape[1:]
-        sm = gaussian_filter(dp.astype(np.float64), (0, r, r), mode="nearest")
-        peak = np.stack(np.unravel_index(sm.reshape(len(idx), -1).argmax(1), (Qx, Qy)), -1)
-        ii = np.arange(Qx)[None, :, None]
-        jj = np.arange(Qy)[None, None, :]
-        near = np.hypot(ii - peak[:, 0, None, None], jj - peak[:, 1, None, None]) < 1.2 * r
-        w = dp * near
-        tot = w.sum((1, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            meas[idx, 0] = (w * ii).sum((1, 2)) / tot
-            meas[idx, 1] = (w * jj).sum((1, 2)) / tot
-    # blank patterns (no signal) have no origin: the fit uses the others
+            return r if np.isfinite(r) and r > 0 else None
+    return None
+
+
+def _measure_patterns(data, indices: np.ndarray, Ry: int, r: float | None) -> np.ndarray:
+    """Measured origins (n, 2) of the patterns at flat ``indices``; NaN without signal."""
+    if r is None:
+        return np.full((len(indices), 2), np.nan)
+    dp = _read_patterns(data, indices, Ry)
+    _check_block(dp)
+    n, Qx, Qy = dp.shape
+    sm = gaussian_filter(dp.astype(np.float64), (0, r, r), mode="nearest")
+    peak = np.stack(np.unravel_index(sm.reshape(n, -1).argmax(1), (Qx, Qy)), -1)
+    ii = np.arange(Qx)[None, :, None]
+    jj = np.arange(Qy)[None, None, :]
+    near = np.hypot(ii - peak[:, 0, None, None], jj - peak[:, 1, None, None]) < 1.2 * r
+    w = dp * near
+    tot = w.sum((1, 2))
+    out = np.empty((n, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, 0] = (w * ii).sum((1, 2)) / tot
+        out[:, 1] = (w * jj).sum((1, 2)) / tot
+    return out
+
+
+def _fit_measured(meas: np.ndarray, scan_shape) -> np.ndarray:
+    """Plane (or constant) fit (Rx, Ry, 2) of measured origins ``meas`` (Rx * Ry, 2).
+
+    Blank patterns (NaN: no signal) have no origin: the fit uses the others;
+    ValueError if every pattern is blank.
+    """
+    from py4DSTEM.process.calibration import fit_origin
+
+    Rx, Ry = scan_shape
     ok = np.isfinite(meas).all(1).reshape(Rx, Ry)
     if not ok.any():
         raise ValueError(
@@ -428,6 +455,8 @@ class DiffractionInputs:
         self.bragg_peaks: np.ndarray | None = None
         self.mean_resampled = np.zeros((size, size))
         self._mean_input: np.ndarray | None = None
+        # ring and Bragg vectors of a plan() that finish() has not completed
+        self._pending: dict | None = None
         # resampled patterns (n_patterns, size, size) float32 when cached
         self._cache: np.ndarray | None = None
         # detector offsets inv(C) @ q of every output pixel, (size, size, 2)
@@ -518,10 +547,65 @@ class DiffractionInputs:
             When the DataCube has no origin calibration and it is measured
             (see :func:`_measure_origin`); the DataCube is left unchanged.
         """
+        cache_mb = check_number(cache_mb, "cache_mb", low=0.0)
+        self = cls.plan(
+            datacube,
+            braggvectors,
+            size=size,
+            q_max=q_max,
+            scaling=scaling,
+            power=power,
+            ring=ring,
+            batch_size=batch_size,
+            units=units,
+        )
+        # one pass: mean resampled pattern (and the log reference), and the
+        # cache when it fits (float32 holds the resampled values exactly)
+        cache = None
+        if self.n_patterns * self.size**2 * 4 <= cache_mb * 1e6:
+            cache = np.empty((self.n_patterns, self.size, self.size), np.float32)
+        stats = self.accumulate(cache=cache)
+        self._cache = cache
+        return self.finish([stats])
+
+    @classmethod
+    def plan(
+        cls,
+        datacube,
+        braggvectors=None,
+        *,
+        size: int = 64,
+        q_max: float | None = None,
+        scaling: str = "sqrt",
+        power: float = 0.5,
+        ring: tuple[float, float] | None = None,
+        batch_size: int = 256,
+        units: str | None = None,
+        origin: np.ndarray | None = None,
+        origin_measured: bool = False,
+    ) -> DiffractionInputs:
+        """The inputs' geometry from the calibration, before any pass over the data.
+
+        :meth:`from_datacube` is ``plan`` + :meth:`accumulate` over every
+        pattern + :meth:`finish`. Split, the pass can run block by block
+        elsewhere (:mod:`~py4dstem_ccstae.distributed`): ``plan.rows(r0, r1,
+        data).accumulate()`` per block, then ``plan.finish(all_stats)``. The
+        result is not usable before :meth:`finish`.
+
+        Parameters
+        ----------
+        datacube, braggvectors, size, q_max, scaling, power, ring, batch_size, units
+            As in :meth:`from_datacube`.
+        origin : ndarray (Rx, Ry, 2), optional
+            The origin to use (detector pixels) instead of the calibration's,
+            e.g. one measured block by block. Default: the calibration's, or
+            measured here (with a warning) when it has none.
+        origin_measured : bool
+            Record ``origin`` as measured (:attr:`origin_measured`).
+        """
         datacube = check_datacube(datacube, "datacube")
         size = _check_int(size, "size", 16, 512)
         batch_size = _check_int(batch_size, "batch_size", 1)
-        cache_mb = check_number(cache_mb, "cache_mb", low=0.0)
         if q_max is not None:
             q_max = check_number(q_max, "q_max", low=0.0, low_open=True)
         if not isinstance(scaling, str) or scaling not in SCALINGS:
@@ -560,9 +644,18 @@ class DiffractionInputs:
             )
         C = detector_matrix(qps, ellipse, rot, flip)
 
-        origin = _calibrated_origin(cal, scan_shape)
-        measured = origin is None
-        if measured:
+        measured = bool(origin_measured)
+        if origin is not None:
+            origin = np.asarray(origin, dtype=np.float64)
+            if origin.shape != (Rx, Ry, 2) or not np.isfinite(origin).all():
+                raise ValueError(
+                    f"origin must be a finite array of shape {(Rx, Ry, 2)}, got "
+                    f"shape {origin.shape}"
+                )
+        else:
+            origin = _calibrated_origin(cal, scan_shape)
+            measured = origin is None
+        if origin is None:
             warnings.warn(
                 "datacube has no origin calibration: measuring it per pattern "
                 "(centre of mass of the brightest disk, py4DSTEM's get_origin) and "
@@ -615,27 +708,66 @@ class DiffractionInputs:
         self.origin_measured = measured
         self.scaling = scaling
         self.power = {"linear": 1.0, "sqrt": 0.5, "power": power, "log": None}[scaling]
+        # what finish() needs besides the pass's statistics
+        self._pending = {"ring": ring, "braggvectors": braggvectors}
+        return self
 
-        # one pass: mean resampled pattern (and the log reference), and the
-        # cache when it fits (float32 holds the resampled values exactly)
-        cache = None
-        if self.n_patterns * size * size * 4 <= cache_mb * 1e6:
-            cache = np.empty((self.n_patterns, size, size), np.float32)
-        total = np.zeros((size, size))
+    def accumulate(self, indices=None, cache: np.ndarray | None = None) -> dict:
+        """One pass over the patterns at flat ``indices`` (default: all).
+
+        Returns the statistics :meth:`finish` combines: ``total`` (size,
+        size) float64 sum of the resampled patterns, ``n`` their number and,
+        for ``scaling="log"``, ``medians``: each pattern's median positive
+        resampled value (patterns without one left out). ``cache`` (n_patterns,
+        size, size) float32, if given, receives the resampled patterns.
+        """
+        idx_all = np.arange(self.n_patterns) if indices is None else np.asarray(indices)
+        total = np.zeros((self.size, self.size))
         medians = []
-        for idx in _iter_flat(self.n_patterns, batch_size):
+        for s in range(0, len(idx_all), self.batch_size):
+            idx = idx_all[s : s + self.batch_size]
             res = self._resample(idx)
             if cache is not None:
                 cache[idx] = res
             total += res.sum(0)
-            if scaling == "log":
-                pos = res[res > 0]
-                if pos.size:
-                    medians.append(float(np.median(pos)))
-        self.mean_resampled = total / self.n_patterns
-        self._cache = cache
-        if scaling == "log":
-            if not medians:
+            if self.scaling == "log":
+                pos = np.where(res > 0, res, np.nan).reshape(len(idx), -1)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+                    m = np.nanmedian(pos, axis=1)
+                medians.append(m[np.isfinite(m)])
+        return {
+            "total": total,
+            "n": len(idx_all),
+            "medians": np.concatenate(medians) if medians else None,
+        }
+
+    def finish(self, stats: list[dict]) -> DiffractionInputs:
+        """Complete a :meth:`plan` from the statistics of :meth:`accumulate` passes.
+
+        Sets :attr:`mean_resampled`, :attr:`log_reference` (median over
+        patterns of each pattern's median positive value), the
+        :attr:`intensity_scale` (99.9th percentile of the scaled mean
+        pattern), :attr:`direct_beam_radius` and the ring :attr:`mask`.
+        Returns ``self``.
+        """
+        pending = self._pending
+        if pending is None:
+            raise RuntimeError("finish: these inputs are already finished")
+        size, q_max, units, C = self.size, self.q_max, self.units, self.detector_matrix
+        ring, braggvectors = pending["ring"], pending["braggvectors"]
+        total = np.zeros((size, size))
+        n = 0
+        medians = []
+        for st in stats:
+            total += st["total"]
+            n += st["n"]
+            if st.get("medians") is not None:
+                medians.append(st["medians"])
+        self.mean_resampled = total / n
+        if self.scaling == "log":
+            medians = np.concatenate(medians) if medians else np.zeros(0)
+            if not medians.size:
                 raise ValueError("datacube data are all zero inside the field of view")
             self.log_reference = float(np.median(medians))
         scaled_mean = self._scale(self.mean_resampled)
@@ -648,7 +780,9 @@ class DiffractionInputs:
         self.direct_beam_radius = self._direct_beam_radius(self.mean_resampled)
         if braggvectors is not None:
             direct_tol = 3.0 * float(np.linalg.svd(C, compute_uv=False).max())
-            g_min, self.bragg_peaks = _bragg_summary(braggvectors, scan_shape, direct_tol)
+            g_min, self.bragg_peaks = _bragg_summary(
+                braggvectors, self.scan_shape, direct_tol
+            )
         if ring is not None:
             self.ring, self.ring_source = ring, "user"
         else:
@@ -672,7 +806,59 @@ class DiffractionInputs:
             self.ring = (float(inner), float(outer))
         r = np.hypot(self._q[..., 0], self._q[..., 1])
         self.mask = (r >= self.ring[0]) & (r <= self.ring[1])
+        self._pending = None
         return self
+
+    def detached(self) -> DiffractionInputs:
+        """A copy without the data (nor cache), small and picklable, to ship elsewhere.
+
+        Attach data again with :meth:`rows`. Geometry, scaling and ring are
+        kept (also of an unfinished :meth:`plan`).
+        """
+        new = copy.copy(self)
+        new._data = None
+        new._cache = None
+        new._mean_input = None
+        if new._pending is not None:
+            new._pending = {**new._pending, "braggvectors": None}
+        return new
+
+    def rows(self, r0: int, r1: int, data) -> DiffractionInputs:
+        """The same inputs restricted to scan rows ``r0:r1``, read from ``data``.
+
+        Parameters
+        ----------
+        r0, r1 : int
+            Half-open row range, ``0 <= r0 < r1 <= Rx``.
+        data : array-like (r1 - r0, Ry, Qx, Qy)
+            Those rows' patterns (a block of the DataCube's data, or a lazy
+            view of it): indexed as ``data[rx, ry0:ry1]``.
+
+        Returns
+        -------
+        DiffractionInputs
+            Scan shape ``(r1 - r0, Ry)``, the origin of those rows, every
+            other attribute shared (geometry, scaling, intensity scale, ring;
+            also of an unfinished :meth:`plan`). No pass over the data; no
+            cache.
+        """
+        Rx, Ry = self.scan_shape
+        if not (0 <= int(r0) < int(r1) <= Rx):
+            raise ValueError(f"rows must satisfy 0 <= r0 < r1 <= {Rx}, got {r0}, {r1}")
+        r0, r1 = int(r0), int(r1)
+        if tuple(data.shape[:2]) != (r1 - r0, Ry):
+            raise ValueError(
+                f"data of rows {r0}:{r1} must have scan shape {(r1 - r0, Ry)}, "
+                f"got {tuple(data.shape[:2])}"
+            )
+        new = copy.copy(self)
+        new._data = data
+        new.scan_shape = (r1 - r0, Ry)
+        new.n_patterns = (r1 - r0) * Ry
+        new.origin = self.origin[r0:r1]
+        new._cache = None
+        new._mean_input = None
+        return new
 
     # --------------------------------------------------------------- internals
     def _resample(self, indices: np.ndarray) -> np.ndarray:

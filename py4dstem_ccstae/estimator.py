@@ -229,6 +229,13 @@ class CCSTAE:
             if fitted:
                 _check_prepared(data, self.config, fitted)
             return data
+        return DiffractionInputs.from_datacube(
+            data, braggvectors, **self._input_options(fitted)
+        )
+
+    def _input_options(self, fitted: dict | None = None) -> dict:
+        """Keyword arguments of :meth:`DiffractionInputs.from_datacube` for ``fitted``."""
+        fitted = self.fitted_ if fitted is None else fitted
         kw = dict(size=self.config["size"], scaling=self.config["scaling"])
         if fitted.get("units"):
             kw["units"] = fitted["units"]
@@ -238,7 +245,7 @@ class CCSTAE:
             kw["q_max"] = q_max
         if ring is not None:
             kw["ring"] = tuple(ring)
-        return DiffractionInputs.from_datacube(data, braggvectors, **kw)
+        return kw
 
     def _train_config(self) -> TrainConfig:
         """The :class:`~py4dstem_ccstae.train.TrainConfig` of this model's options."""
@@ -564,8 +571,35 @@ class CCSTAE:
         return torch.tensor(sp, dtype=torch.float64), torch.tensor(m, dtype=torch.float32)
 
     # ------------------------------------------------------------ predict
-    def predict(self, data, *, refine_transforms: bool | None = None) -> dict:
+    def predict(
+        self,
+        data,
+        *,
+        refine_transforms: bool | None = None,
+        client=None,
+        datapath: str | None = None,
+        block_rows: int | None = None,
+    ) -> dict:
         """Per-pattern transforms, class and reconstruction error.
+
+        Parameters
+        ----------
+        data : py4DSTEM.DataCube, DiffractionInputs, str or PathLike
+            The scan. A path is an EMD file (``datapath`` selects the
+            DataCube when it holds several) or a raw file that
+            ``py4DSTEM.import_file`` memory-maps; it is read lazily, one
+            block of rows at a time.
+        refine_transforms : bool, optional
+            Run the per-pattern refinement (default: the ``refine`` option).
+        client : distributed.Client, optional
+            Map the scan on this dask cluster, in row blocks
+            (:mod:`~py4dstem_ccstae.distributed`): with a path each task reads
+            its own rows; a DataCube is scattered block by block. The result
+            equals the single-process one to float32 rounding.
+        datapath : str, optional
+            The DataCube inside an EMD file ``data``.
+        block_rows : int, optional
+            Scan rows per block (path or ``client``); default ``4096 // Ry``.
 
         Returns
         -------
@@ -586,6 +620,19 @@ class CCSTAE:
         from .losses import cycle_losses
 
         self._require_fitted()
+        if client is not None or isinstance(data, (str, os.PathLike)):
+            from .distributed import predict_blocks
+
+            return predict_blocks(
+                self,
+                data,
+                client=client,
+                datapath=datapath,
+                refine_transforms=refine_transforms,
+                block_rows=block_rows,
+            )
+        if datapath is not None:
+            raise ValueError("datapath: only used when data is a file path")
         bad = [
             name
             for name, t in [*self.net.named_parameters(), *self.net.named_buffers()]
@@ -723,18 +770,34 @@ class CCSTAE:
             per_base = [self.fitted_.get("spots")] * self.net.num_bases
         return [None if sp is None else np.asarray(sp, dtype=float) for sp in per_base]
 
-    def strain_map(self, data, reference: np.ndarray | None = None, **predict_kw):
+    def strain_map(
+        self,
+        data,
+        reference: np.ndarray | None = None,
+        *,
+        client=None,
+        datapath: str | None = None,
+        **predict_kw,
+    ):
         """Strain, shear and rotation as a py4DSTEM ``RealSlice``.
 
         Parameters
         ----------
-        data : py4DSTEM.DataCube or DiffractionInputs
+        data : py4DSTEM.DataCube, DiffractionInputs, str or PathLike
+            As in :meth:`predict` (a path is read lazily; with ``client`` the
+            scan is mapped on a dask cluster).
         reference : ndarray of bool (Rx, Ry), optional
             Reference region; ``None``: all positions (py4DSTEM's default).
             With several bases, each class is relative to the median over its
             own positions inside ``reference`` (a class with none there: over
             all its positions, with a warning); the metadata's
-            ``class_reference`` records which.
+            ``class_reference`` records which. The reference lattice is
+            computed from all positions' transforms after a distributed
+            prediction is gathered, as in one process.
+        client, datapath
+            As in :meth:`predict`.
+        **predict_kw
+            ``refine_transforms``, ``block_rows`` (:meth:`predict`).
 
         Returns
         -------
@@ -746,7 +809,7 @@ class CCSTAE:
         from emdfile import Metadata
         from py4DSTEM import RealSlice
 
-        pred = self.predict(data, **predict_kw)
+        pred = self.predict(data, client=client, datapath=datapath, **predict_kw)
         shape = pred["class"].shape
         given = reference is not None
         if reference is None:

@@ -9,6 +9,7 @@
 * :func:`save_emd` - a py4DSTEM/emdfile tree to a new EMD 1.0 file.
 * :func:`read_datacube` - a DataCube from a py4DSTEM/EMD file (calibration
   included) or from any raw format :func:`py4DSTEM.import_file` reads.
+* :func:`open_datacube` - the same, read lazily (h5py Dataset or memmap).
 * :func:`find_datacubes` - where the DataCubes in an EMD file are.
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "clean_stale_temporaries",
     "find_datacubes",
     "is_emd_file",
+    "open_datacube",
     "read_datacube",
     "reserve_output",
     "save_emd",
@@ -474,6 +476,61 @@ def find_datacubes(path: str | os.PathLike, datapath: str | None = None) -> list
 
         visit(start)
     return found
+
+
+def open_datacube(path: str | os.PathLike, datapath: str | None = None):
+    """A DataCube whose data are read lazily from ``path`` (nothing loaded yet).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A py4DSTEM/EMD file: the DataCube's data are its h5py Dataset (read
+        as indexed) and its calibration is the one stored with it. Any other
+        file: :func:`py4DSTEM.import_file` with ``mem="MEMMAP"`` (formats
+        that cannot be memory-mapped raise ValueError).
+    datapath : str, optional
+        EMD files only: as in :func:`read_datacube`.
+
+    Returns
+    -------
+    py4DSTEM.DataCube
+        Keeps the file open while it is referenced.
+    """
+    import emdfile
+    import h5py
+    import py4DSTEM
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data: {str(path)!r} is not a file")
+    if not is_emd_file(path):
+        if datapath:
+            raise ValueError(
+                f"datapath: only for py4DSTEM/EMD files; {str(path)!r} is not one"
+            )
+        try:
+            dc = py4DSTEM.import_file(str(path), mem="MEMMAP")
+        except Exception as err:  # py4DSTEM raises bare Exception/AssertionError
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ValueError(
+                f"data: cannot memory-map {str(path)!r}: {msg}; read it with "
+                "read_datacube and pass the DataCube"
+            ) from err
+        if not isinstance(dc, py4DSTEM.DataCube):
+            raise ValueError(f"data: {str(path)!r} does not hold a 4D DataCube")
+        return dc
+    cubes = find_datacubes(path, datapath)
+    if len(cubes) != 1:
+        what = "no DataCube" if not cubes else f"{len(cubes)} DataCubes"
+        hint = "" if not cubes else f"; choose one with datapath ({', '.join(cubes)})"
+        raise ValueError(f"data: {str(path)!r} holds {what}{hint}")
+    node = cubes[0]
+    root = node.split("/")[0]
+    f = h5py.File(path, "r")
+    dataset = f[node]["data"]
+    meta = emdfile.read(str(path), emdpath=root, tree=False).metadata
+    cal = meta["calibration"] if "calibration" in meta else None
+    return py4DSTEM.DataCube(data=dataset, calibration=cal)
 
 
 def read_datacube(path: str | os.PathLike, datapath: str | None = None, **import_kw):

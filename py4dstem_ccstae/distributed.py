@@ -1,0 +1,272 @@
+"""Where a prediction runs: row blocks of a scan on a ``dask.distributed`` cluster.
+
+*What* is computed lives in :mod:`~py4dstem_ccstae.adapters` (the inputs) and
+:mod:`~py4dstem_ccstae.estimator` (the prediction); this module only splits a
+scan into row blocks, ships the work and gathers the results, so that
+``CCSTAE.predict(data, client=client)`` equals the single-process
+``CCSTAE.predict(data)`` to float32 rounding.
+
+The chain, for a scan of ``Rx`` rows split into blocks of ``block_rows`` rows:
+
+1. the driver opens the data (lazily for a path) and plans the inputs'
+   geometry from the calibration and the model (field of view, ring, detector
+   matrix; :meth:`DiffractionInputs.plan`); a missing origin is measured block
+   by block on the workers and fitted by a plane in the driver;
+2. every block task resamples its rows and returns their sums (and, for
+   ``scaling="log"``, each pattern's median): the driver combines them into
+   the scan's intensity scale exactly as one process does
+   (:meth:`DiffractionInputs.finish`);
+3. every block task predicts its rows with the model (sent to the workers
+   once, ``client.scatter(..., broadcast=True)``) and returns transforms,
+   classes, errors and validity; the driver assembles them in scan order.
+   The reference lattice of :meth:`CCSTAE.strain_map` is computed afterwards
+   from the assembled transforms, as in one process.
+
+Data: with a path, each task opens the file itself (an EMD DataCube through
+h5py, a raw file through ``py4DSTEM.import_file(mem="MEMMAP")``), so no
+pattern data travel through the scheduler or the driver. An in-memory
+DataCube is scattered block by block. Tasks are pure functions of their
+block: dask retries a failed task (``retries``) and recomputes the blocks of a
+worker that died, so no result is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["predict_blocks", "row_blocks"]
+
+#: Default patterns per block task (rows = max(1, this // Ry)).
+BLOCK_PATTERNS = 4096
+
+#: Times dask retries a block task that raised (a dead worker's tasks are
+#: recomputed regardless).
+RETRIES = 2
+
+
+def row_blocks(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
+    """``[(r0, r1), ...]`` half-open row ranges of at most ``block_rows`` rows."""
+    return [(r0, min(r0 + block_rows, n_rows)) for r0 in range(0, n_rows, block_rows)]
+
+
+# ------------------------------------------------------------------ sources
+class _Source:
+    """How a task gets its rows: a file it opens itself, or a scattered block."""
+
+    def __init__(self, path: str | None = None, datapath: str | None = None):
+        self.path = path
+        self.datapath = datapath
+
+    def rows(self, r0: int, r1: int, block=None):
+        """Rows ``r0:r1`` of the data (lazy for a file), indexed ``[rx, ry0:ry1]``."""
+        if block is not None:
+            return block
+        from .io import open_datacube
+
+        dc = open_datacube(self.path, self.datapath)
+        return _RowSlice(dc.data, r0, r1)
+
+
+class _RowSlice:
+    """Rows ``r0:r1`` of a 4-D array-like, read only when indexed (h5py, memmap)."""
+
+    def __init__(self, data, r0: int, r1: int):
+        self._data, self._r0 = data, int(r0)
+        self.shape = (int(r1) - int(r0), *data.shape[1:])
+        self.dtype = data.dtype
+        self.ndim = 4
+
+    def __getitem__(self, key):
+        rx, rest = key[0], key[1:]
+        return self._data[(self._r0 + int(rx), *rest)]
+
+
+# -------------------------------------------------------------- block tasks
+def _block_origin(source: _Source, r0: int, r1: int, radius: float, block=None):
+    """Measured (unfitted) origins of rows ``r0:r1``, (rows * Ry, 2)."""
+    from .adapters import _measure_patterns
+
+    data = source.rows(r0, r1, block)
+    n = data.shape[0] * data.shape[1]
+    return _measure_patterns(data, np.arange(n), data.shape[1], radius)
+
+
+def _block_stats(source: _Source, r0: int, r1: int, plan, block=None) -> dict:
+    """Statistics of rows ``r0:r1`` (:meth:`DiffractionInputs.accumulate`)."""
+    inputs = plan.rows(r0, r1, source.rows(r0, r1, block))
+    return inputs.accumulate()
+
+
+def _block_predict(
+    source: _Source, r0: int, r1: int, inputs, model, refine_transforms, block=None
+) -> dict:
+    """``model.predict`` of rows ``r0:r1`` and the warnings it raised."""
+    part = inputs.rows(r0, r1, source.rows(r0, r1, block))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pred = model.predict(part, refine_transforms=refine_transforms)
+    pred["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+    return pred
+
+
+# ------------------------------------------------------------------ driver
+def _open(data, datapath):
+    """(DataCube, source, scattered): ``data`` opened lazily if it is a path."""
+    from ._validation import check_datacube
+    from .io import open_datacube
+
+    if isinstance(data, (str, os.PathLike)):
+        path = str(Path(data).resolve())
+        return open_datacube(path, datapath), _Source(path, datapath), False
+    if datapath is not None:
+        raise ValueError("datapath: only used when data is a file path")
+    return check_datacube(data, "data"), _Source(), True
+
+
+def _gather(client, futures: list, resubmit=None) -> list:
+    """Results of ``futures`` in order, each collected as it completes.
+
+    A future that fails after dask's own retries (e.g. its scattered block was
+    on a worker that died) is submitted again once through ``resubmit(i)``.
+    """
+    from distributed import as_completed
+
+    index = {f.key: i for i, f in enumerate(futures)}
+    again: set[int] = set()
+    out: list = [None] * len(futures)
+    pending = as_completed(futures)
+    for fut in pending:
+        i = index[fut.key]
+        try:
+            out[i] = fut.result()
+        except Exception:
+            if resubmit is None or i in again:
+                raise
+            again.add(i)
+            new = resubmit(i)
+            index[new.key] = i
+            pending.add(new)
+    return out
+
+
+def predict_blocks(
+    model,
+    data,
+    *,
+    client=None,
+    datapath: str | None = None,
+    refine_transforms: bool | None = None,
+    block_rows: int | None = None,
+) -> dict:
+    """:meth:`CCSTAE.predict` of ``data`` split into row blocks (module docs).
+
+    Parameters
+    ----------
+    model : CCSTAE
+        A fitted model.
+    data : py4DSTEM.DataCube, str or PathLike
+        A DataCube (scattered block by block to a cluster), or a file: an EMD
+        file (``datapath`` when it holds several DataCubes) or a raw format
+        ``py4DSTEM.import_file`` memory-maps; each task reads its own rows.
+    client : distributed.Client, optional
+        Where the blocks run. None: in this process, block by block (a path
+        is then read lazily, one block in memory at a time).
+    datapath : str, optional
+        The DataCube inside an EMD file.
+    refine_transforms : bool, optional
+        As in :meth:`CCSTAE.predict`.
+    block_rows : int, optional
+        Scan rows per task; default ``max(1, 4096 // Ry)``.
+
+    Returns
+    -------
+    dict
+        As :meth:`CCSTAE.predict`; equal to the single-process result to
+        float32 rounding.
+    """
+    from .adapters import (
+        DiffractionInputs,
+        _calibrated_origin,
+        _fit_measured,
+        _probe_radius,
+    )
+
+    model._require_fitted()
+    dc, source, in_memory = _open(data, datapath)
+    Rx, Ry = (int(v) for v in dc.data.shape[:2])
+    if block_rows is None:
+        block_rows = max(1, BLOCK_PATTERNS // Ry)
+    if (
+        isinstance(block_rows, bool)
+        or not isinstance(block_rows, (int, np.integer))
+        or block_rows < 1
+    ):
+        raise ValueError(f"block_rows must be an int >= 1, got {block_rows!r}")
+    blocks = row_blocks(Rx, int(block_rows))
+    if in_memory and client is None:
+        source = _MemorySource(dc.data)  # here: no copies of the DataCube
+
+    def run(fn, *args):
+        """One task per block, results in block order: on the cluster, or here."""
+        if client is None:
+            return [fn(source, r0, r1, *args) for r0, r1 in blocks]
+
+        def submit(i):
+            r0, r1 = blocks[i]
+            kw = {}
+            if in_memory:  # straight to a worker, not through the scheduler
+                kw["block"] = client.scatter(np.asarray(dc.data[r0:r1]))
+            return client.submit(
+                fn, source, r0, r1, *args, retries=RETRIES, pure=False, **kw
+            )
+
+        return _gather(client, [submit(i) for i in range(len(blocks))], submit)
+
+    def shared(obj):
+        """``obj`` sent to every worker once (a future), or itself here."""
+        return obj if client is None else client.scatter(obj, broadcast=True)
+
+    options = model._input_options()
+    origin, measured = _calibrated_origin(dc.calibration, (Rx, Ry)), False
+    if origin is None:
+        # measured per block, fitted over the whole scan as one process does
+        warnings.warn(
+            "datacube has no origin calibration: measuring it per pattern (centre "
+            "of mass of the brightest disk, py4DSTEM's get_origin) block by block "
+            "and fitting a plane; the datacube's calibration is not modified",
+            UserWarning,
+            stacklevel=3,
+        )
+        batch = 256
+        radius = _probe_radius(dc.data, (Rx, Ry), batch)
+        meas = np.concatenate(run(_block_origin, radius))
+        origin, measured = _fit_measured(meas, (Rx, Ry)), True
+    plan = DiffractionInputs.plan(dc, origin=origin, origin_measured=measured, **options)
+    inputs = plan.finish(run(_block_stats, shared(plan.detached())))
+    parts = run(_block_predict, shared(inputs.detached()), shared(model), refine_transforms)
+    seen = set()
+    kinds = {"UserWarning": UserWarning, "RuntimeWarning": RuntimeWarning}
+    for part in parts:
+        for category, message in part.pop("warnings"):
+            if message not in seen:
+                seen.add(message)
+                warnings.warn(message, kinds.get(category, UserWarning), stacklevel=3)
+    return {
+        key: np.concatenate([p[key] for p in parts])
+        for key in ("A", "class", "error", "valid")
+    }
+
+
+class _MemorySource(_Source):
+    """In this process: rows of an array already in memory (or memory-mapped)."""
+
+    def __init__(self, data):
+        super().__init__()
+        self._array = data
+
+    def rows(self, r0: int, r1: int, block=None):
+        return _RowSlice(self._array, r0, r1) if block is None else block

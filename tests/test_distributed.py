@@ -1,0 +1,126 @@
+"""Distributed and lazy prediction: row blocks equal the single-process result.
+
+A ``LocalCluster`` of two worker processes (one thread each) maps a scan from
+an EMD path and from an in-memory DataCube; a worker killed mid-run loses no
+result.
+"""
+
+import os
+import signal
+import warnings
+
+import numpy as np
+import py4DSTEM
+import pytest
+
+from py4dstem_ccstae import CCSTAE
+from py4dstem_ccstae import distributed as dist_mod
+from py4dstem_ccstae.simulate import polycrystal
+
+#: float32 rounding of the resampled patterns, carried through the refinement
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    dc, truth = polycrystal(
+        scan_shape=(12, 8), pattern_shape=(96, 96), num_grains=3, seed=2
+    )
+    path = tmp_path_factory.mktemp("dist") / "scan.h5"
+    py4DSTEM.save(str(path), dc, mode="o")
+    return dc, path
+
+
+@pytest.fixture(scope="module")
+def model(scan):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CCSTAE(
+            size=32, epochs=3, batch_size=12, coarse_epochs=1, min_sensitivity=0
+        ).fit(scan[0], progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def expected(model, scan):
+    return model.predict(scan[0])
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def _same(a: dict, b: dict, tol: float = TOL) -> None:
+    assert (a["class"] == b["class"]).all() and (a["valid"] == b["valid"]).all()
+    np.testing.assert_allclose(a["A"], b["A"], rtol=0, atol=tol)
+    np.testing.assert_allclose(a["error"], b["error"], rtol=tol, atol=0)
+
+
+def test_a_path_is_read_lazily_in_blocks_with_the_same_result(model, scan, expected):
+    dc, path = scan
+    for block_rows in (None, 5, 1):
+        _same(model.predict(path, block_rows=block_rows), expected)
+    with pytest.raises(ValueError, match="block_rows must be an int >= 1"):
+        model.predict(path, block_rows=0)
+    with pytest.raises(ValueError, match="datapath: only used when data is a file path"):
+        model.predict(dc, datapath="x")
+    with pytest.raises(ValueError, match="is not a file"):
+        model.predict(path.with_name("missing.h5"))
+
+
+def test_an_uncalibrated_origin_is_measured_on_blocks_as_in_one_process(
+    model, scan, tmp_path
+):
+    dc, _ = scan
+    bare = py4DSTEM.DataCube(data=np.asarray(dc.data))
+    bare.calibration.set_Q_pixel_size(dc.calibration.get_Q_pixel_size())
+    bare.calibration.set_Q_pixel_units(dc.calibration.get_Q_pixel_units())
+    path = tmp_path / "bare.h5"
+    py4DSTEM.save(str(path), bare, mode="o")
+    with pytest.warns(UserWarning, match="no origin calibration"):
+        one = model.predict(bare)
+    with pytest.warns(UserWarning, match="no origin calibration"):
+        blocks = model.predict(path, block_rows=3)
+    _same(blocks, one)
+
+
+def test_cluster_strain_map_equals_one_process(model, scan, client):
+    dc, path = scan
+    reference = np.zeros(dc.data.shape[:2], bool)
+    reference[:4] = True
+    one = model.strain_map(py4DSTEM.read(str(path)), reference=reference)
+    for data in (path, dc):  # each task reads its rows / blocks scattered
+        rs = model.strain_map(data, reference=reference, client=client, block_rows=3)
+        assert rs.slicelabels == one.slicelabels
+        np.testing.assert_allclose(rs.data, one.data, rtol=0, atol=TOL, equal_nan=True)
+
+
+def test_a_worker_killed_mid_run_loses_no_result(
+    model, scan, expected, client, monkeypatch
+):
+    _, path = scan
+    pids = client.run(os.getpid)
+    real = dist_mod._gather
+    killed = []
+
+    def gather_and_kill(cl, futures, resubmit=None):
+        if not killed and len(futures) > 1:
+            futures[0].result()  # the run is under way: kill a worker now
+            victim = sorted(pids.values())[0]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+        return real(cl, futures, resubmit)
+
+    monkeypatch.setattr(dist_mod, "_gather", gather_and_kill)
+    pred = model.predict(path, client=client, block_rows=1)
+    assert killed
+    _same(pred, expected)
+    client.wait_for_workers(2, timeout=60)
+    assert killed[0] not in client.run(os.getpid).values()
