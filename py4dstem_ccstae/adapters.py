@@ -50,6 +50,19 @@ disk edges, and the aliasing differs from grain to grain (it depends on where
 the disks fall on the output grid), which biased strain by 1-2e-3 per grain.
 With ``dq <= d_min`` (``s = 1``) this is plain bilinear sampling.
 
+Pre-binning
+-----------
+When the area averaging would need ``s >= 4`` sub-samples per output pixel
+(large detectors, e.g. 256x256 or 512x512 at ``size=64``), the detector is
+first binned by ``b`` (:func:`_bin_factor`: the largest integer with ``b *
+d_max <= dq``), averaging ``b x b`` blocks (trailing rows and columns that
+fill no block are dropped), and resampled from the binned detector. The
+calibration is carried through exactly: binned pixel ``k`` spans raw pixels
+``b k ... b k + b - 1``, so a raw coordinate ``o`` (the origin) is ``(o - (b -
+1) / 2) / b`` binned, the detector matrix is ``b C`` (pixel size x ``b``),
+ellipse and Q/R rotation unchanged. :attr:`DiffractionInputs.bin_factor`
+records ``b``; ``prebin=False`` turns it off.
+
 Intensities
 -----------
 Scaling (applied to the resampled patterns) is one of ``'linear'`` (``x``),
@@ -419,6 +432,11 @@ class DiffractionInputs:
         Patterns read at a time by :meth:`iter_batches` (and construction).
     mean_resampled : ndarray float64 (size, size)
         Mean resampled pattern before intensity scaling.
+    bin_factor : int
+        Detector pre-binning factor ``b`` (1: none; module docs).
+    supersample : int
+        Sub-samples per output pixel and axis of the area averaging (on the
+        binned detector).
     """
 
     def __init__(
@@ -432,6 +450,7 @@ class DiffractionInputs:
         q_max: float,
         units: str,
         batch_size: int,
+        prebin: bool = True,
     ) -> None:
         self._data = data
         self.scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
@@ -463,16 +482,20 @@ class DiffractionInputs:
         t = (np.arange(size) - (size - 1) / 2.0) * self.dq
         q = np.stack(np.meshgrid(t, t, indexing="ij"), -1)
         self._q = q
-        # area averaging: s x s sub-samples per output pixel (module docs), on a
-        # fine grid whose s x s blocks are the output pixels
-        d_min = float(np.linalg.svd(C, compute_uv=False).min())
+        # pre-binning of large detectors (module docs: Pre-binning), then area
+        # averaging: s x s sub-samples per output pixel, on a fine grid whose
+        # s x s blocks are the output pixels, in binned detector pixels
+        self.prebin = bool(prebin)
+        self.bin_factor = _bin_factor(self.dq, C) if self.prebin else 1
+        Cb = C * self.bin_factor
+        d_min = float(np.linalg.svd(Cb, compute_uv=False).min())
         self.supersample = max(1, math.ceil(self.dq / d_min - 1e-6))
         s = self.supersample
         j = np.arange(size * s)
         tf = ((j + 0.5) / s - 0.5 - (size - 1) / 2.0) * self.dq
         qf = np.stack(np.meshgrid(tf, tf, indexing="ij"), -1)
-        # detector offsets inv(C) @ q of every sub-sample, (size*s, size*s, 2)
-        self._offsets = torch.from_numpy(qf @ np.linalg.inv(C).T)
+        # binned-detector offsets inv(C b) @ q of every sub-sample, (size*s, size*s, 2)
+        self._offsets = torch.from_numpy(qf @ np.linalg.inv(Cb).T)
         # ((Qx, Qy), offsets in grid_sample's normalised (x, y), float32); lazy
         self._unit_offsets: tuple | None = None
 
@@ -489,6 +512,7 @@ class DiffractionInputs:
         power: float = 0.5,
         ring: tuple[float, float] | None = None,
         batch_size: int = 256,
+        prebin: bool = True,
         cache_mb: float = 256.0,
         units: str | None = None,
     ) -> DiffractionInputs:
@@ -522,6 +546,10 @@ class DiffractionInputs:
             pattern (or from ``braggvectors``), outer = 0.95 x ``q_max``.
         batch_size : int
             Patterns read at a time, >= 1.
+        prebin : bool
+            Pre-bin large detectors before resampling (module docs:
+            Pre-binning; only when area averaging would need >= 4 x 4
+            sub-samples per output pixel). Default True.
         cache_mb : float
             Keep the resampled patterns (float32, before intensity scaling) in
             memory when they take at most this many MB (a 64x64 scan at
@@ -557,6 +585,7 @@ class DiffractionInputs:
             power=power,
             ring=ring,
             batch_size=batch_size,
+            prebin=prebin,
             units=units,
         )
         # one pass: mean resampled pattern (and the log reference), and the
@@ -580,6 +609,7 @@ class DiffractionInputs:
         power: float = 0.5,
         ring: tuple[float, float] | None = None,
         batch_size: int = 256,
+        prebin: bool = True,
         units: str | None = None,
         origin: np.ndarray | None = None,
         origin_measured: bool = False,
@@ -594,7 +624,7 @@ class DiffractionInputs:
 
         Parameters
         ----------
-        datacube, braggvectors, size, q_max, scaling, power, ring, batch_size, units
+        datacube, braggvectors, size, q_max, scaling, power, ring, batch_size, prebin, units
             As in :meth:`from_datacube`.
         origin : ndarray (Rx, Ry, 2), optional
             The origin to use (detector pixels) instead of the calibration's,
@@ -613,6 +643,8 @@ class DiffractionInputs:
         power = check_number(power, "power", low=0.0, low_open=True)
         if ring is not None:
             ring = _check_ring(ring)
+        if not isinstance(prebin, (bool, np.bool_)):
+            raise ValueError(f"prebin must be True or False, got {prebin!r}")
 
         data = datacube.data
         Rx, Ry, Qx, Qy = (int(v) for v in data.shape)
@@ -704,6 +736,7 @@ class DiffractionInputs:
             q_max=q_max,
             units=units,
             batch_size=batch_size,
+            prebin=prebin,
         )
         self.origin_measured = measured
         self.scaling = scaling
@@ -879,7 +912,13 @@ class DiffractionInputs:
             )
         raw = _read_patterns(self._data, indices, self.scan_shape[1])
         _check_block(raw)
-        Qx, Qy = raw.shape[-2:]
+        img = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[:, None]
+        b = self.bin_factor
+        if b > 1:
+            # b x b blocks averaged (trailing rows/columns that fill no block
+            # dropped); binned pixel k spans raw pixels b k ... b k + b - 1
+            img = torch.nn.functional.avg_pool2d(img, b, b)
+        Qx, Qy = img.shape[-2:]
         # grid_sample with align_corners=True: -1 and 1 are the outer pixel centres;
         # bilinear, zero outside (as map_coordinates' grid-constant mode). Grid =
         # normalised (column, row) of p = origin + offsets, built as one float32
@@ -888,10 +927,10 @@ class DiffractionInputs:
         if self._unit_offsets is None or self._unit_offsets[0] != (Qx, Qy):
             unit = self._offsets.numpy()[..., ::-1] * to_unit
             self._unit_offsets = ((Qx, Qy), torch.from_numpy(unit.astype(np.float32)))
-        origin = self.origin.reshape(-1, 2)[indices][:, ::-1] * to_unit - 1.0
+        origin = (self.origin.reshape(-1, 2)[indices] - (b - 1) / 2.0) / b  # binned px
+        origin = origin[:, ::-1] * to_unit - 1.0
         origin = torch.from_numpy(origin.astype(np.float32))
         grid = origin[:, None, None, :] + self._unit_offsets[1][None]  # (n, Sf, Sf, 2)
-        img = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[:, None]
         fine = torch.nn.functional.grid_sample(
             img, grid, mode="bilinear", padding_mode="zeros", align_corners=True
         )
@@ -977,6 +1016,7 @@ class DiffractionInputs:
             q_max=self.q_max,
             units=self.units,
             batch_size=self.batch_size,
+            prebin=self.prebin,
         )
         for name in (
             "origin_measured",
@@ -1111,6 +1151,26 @@ class DiffractionInputs:
             & (p[..., 1] <= Qy - 1)
         )
         return inside.mean(-1)
+
+
+#: Supersampling from which the detector is pre-binned (module docs).
+PREBIN_SUPERSAMPLE = 4
+
+
+def _bin_factor(dq: float, C: np.ndarray) -> int:
+    """Detector pre-binning factor for output pixels of ``dq`` (Q units).
+
+    1 unless area averaging would need ``PREBIN_SUPERSAMPLE`` or more
+    sub-samples per output pixel (``ceil(dq / d_min) >= 4``); then the largest
+    integer ``b`` whose binned pixels are still no larger than an output pixel
+    along any direction (``b * d_max <= dq``, ``d_max`` the largest singular
+    value of ``C``), so the binned detector still samples the model's grid.
+    """
+    sv = np.linalg.svd(C, compute_uv=False)
+    d_min, d_max = float(sv.min()), float(sv.max())
+    if math.ceil(dq / d_min - 1e-6) < PREBIN_SUPERSAMPLE:
+        return 1
+    return max(1, int(math.floor(dq / d_max + 1e-9)))
 
 
 #: Points per disk of :meth:`DiffractionInputs.disk_coverage` (a centre and

@@ -274,7 +274,7 @@ def test_batch_script_fits_on_first_file_skips_and_reports(scans, tmp_path, caps
 
 def test_braggvectors_are_read_calibrated(scans, tmp_path, capsys):
     from py4dstem_ccstae.baseline import _probe_radius
-    from py4dstem_ccstae.cli import _read_braggvectors
+    from py4dstem_ccstae.workflows import _read_braggvectors
 
     dc, _ = polycrystal(scan_shape=(4, 4), pattern_shape=(64, 64), seed=0)
     dc.name = "datacube"

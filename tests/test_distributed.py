@@ -124,3 +124,56 @@ def test_a_worker_killed_mid_run_loses_no_result(
     _same(pred, expected)
     client.wait_for_workers(2, timeout=60)
     assert killed[0] not in client.run(os.getpid).values()
+
+
+def test_batch_maps_every_scan_and_reports_a_corrupt_one(model, scan, tmp_path, capsys):
+    from py4dstem_ccstae import cli
+    from py4dstem_ccstae.workflows import predict_batch
+
+    dc, path = scan
+    good = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    for p in good:
+        py4DSTEM.save(str(p), dc, mode="o")
+    bad = tmp_path / "broken.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # an HDF5 signature, no file
+    model_path = tmp_path / "model.h5"
+    model.save(model_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    records = predict_batch(model_path, [good[0], bad, good[1]], out_dir=out)
+    assert [r["ok"] for r in records] == [True, False, True]
+    assert "broken.h5" in records[1]["error"]
+    assert sorted(os.listdir(out)) == ["a_ccstae.h5", "b_ccstae.h5"]
+    one = model.strain_map(dc)
+    for name in ("a_ccstae.h5", "b_ccstae.h5"):
+        rs = py4DSTEM.read(str(out / name), datapath=cli.STRAIN_DATAPATH)
+        np.testing.assert_allclose(rs.data, one.data, rtol=0, atol=TOL, equal_nan=True)
+    # the command line: same batch, existing outputs refused per scan, exit 1
+    code = cli.main(
+        ["predict", str(model_path), str(good[0]), str(bad), "--out-dir", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "0 of 2 scans mapped, 2 failed" in captured.out
+    assert "--force" in captured.err and "broken.h5" in captured.err
+    with pytest.raises(ValueError, match="would both write"):
+        predict_batch(model_path, [good[0], good[0]], out_dir=out)
+
+
+def test_cli_predict_on_a_local_cluster(model, scan, tmp_path, capsys):
+    from py4dstem_ccstae import cli
+
+    dc, path = scan
+    model_path = tmp_path / "model.h5"
+    model.save(model_path)
+    out = tmp_path / "o.h5"
+    code = cli.main(
+        ["predict", str(model_path), str(path), "--out", str(out), "--workers", "2"]
+    )
+    assert code == 0, capsys.readouterr().err
+    rs = py4DSTEM.read(str(out), datapath=cli.STRAIN_DATAPATH)
+    np.testing.assert_allclose(rs.data, model.strain_map(dc).data, atol=TOL, equal_nan=True)
+    assert (
+        cli.main(["predict", str(model_path), str(path), str(path), "--out", "x.h5"]) == 2
+    )
+    assert "only with one INPUT" in capsys.readouterr().err
