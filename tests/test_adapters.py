@@ -496,3 +496,51 @@ def test_resized_keeps_geometry_and_intensity_scale(distorted):
     assert r_hi[hi.mask].max() == pytest.approx(r_lo[lo.mask].max(), abs=lo.dq)
     with pytest.raises(ValueError, match="size"):
         lo.resized(8)
+
+
+def test_large_detectors_are_prebinned_with_the_calibration_carried_through():
+    """256x256 detectors at size 64: binned 3x3 first; spots stay where they were."""
+    import py4DSTEM
+
+    from py4dstem_ccstae.simulate import polycrystal
+
+    # smooth spots (no disk edges: blur moves no centroid) off the centre, an
+    # off-centre origin, an ellipse and a Q/R rotation
+    ii, jj = np.mgrid[:256, :256].astype(float)
+    o = (127.3, 126.1)
+    spots = [(37.3, -21.7), (-50.2, 8.9), (12.0, 60.4)]
+    img = sum(
+        np.exp(-((ii - o[0] - a) ** 2 + (jj - o[1] - b) ** 2) / (2 * 4.0**2))
+        for a, b in spots
+    )
+    dc = py4DSTEM.DataCube(data=np.broadcast_to(img, (2, 2, 256, 256)).copy())
+    cal = dc.calibration
+    cal.set_Q_pixel_size(0.01)
+    cal.set_Q_pixel_units("A^-1")
+    cal.set_origin((np.full((2, 2), o[0]), np.full((2, 2), o[1])))
+    cal.set_ellipse((1.03, 0.99, 0.4))
+    cal.set_QR_rotation(0.3)
+    binned = DiffractionInputs.from_datacube(dc, size=64, ring=(0.05, 1.0))
+    full = DiffractionInputs.from_datacube(dc, size=64, ring=(0.05, 1.0), prebin=False)
+    assert (binned.bin_factor, binned.supersample) == (3, 2)
+    assert (full.bin_factor, full.supersample) == (1, 4)
+    a, b = binned.batch([0])[0] ** 2, full.batch([0])[0] ** 2  # linear intensity
+    yy, xx = np.mgrid[:64, :64]
+    for peak in np.argwhere((b > 0.5 * b.max()) & (b == _local_max(b))):
+        w = (np.abs(yy - peak[0]) <= 4) & (np.abs(xx - peak[1]) <= 4)
+        ca = np.array([(a * w * yy).sum(), (a * w * xx).sum()]) / (a * w).sum()
+        cb = np.array([(b * w * yy).sum(), (b * w * xx).sum()]) / (b * w).sum()
+        assert np.abs(ca - cb).max() < 0.01  # a wrong origin formula: 0.26 px
+    # 128x128 detectors need no binning
+    small, _ = polycrystal(
+        scan_shape=(2, 2), pattern_shape=(128, 128), num_grains=1, seed=4
+    )
+    assert DiffractionInputs.from_datacube(small, size=64).bin_factor == 1
+    with pytest.raises(ValueError, match="prebin must be True or False"):
+        DiffractionInputs.from_datacube(small, prebin="yes")
+
+
+def _local_max(x: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import maximum_filter
+
+    return maximum_filter(x, size=5)
