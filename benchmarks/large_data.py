@@ -1,0 +1,400 @@
+"""Large data: distributed prediction, big detectors, a big scan on disk.
+
+Run from the repository root::
+
+    python benchmarks/large_data.py [--part distributed big_detectors big_scan]
+                                    [--tmp DIR] [--out DIR]
+
+1. ``distributed``: a 64x64 scan of 128x128 patterns (the simulator's
+   polycrystal, 25 % background noise) saved as EMD; a model fitted on it with
+   the defaults. ``model.strain_map(path, reference=mask, client=client)`` on a
+   ``LocalCluster(n_workers=2, threads_per_worker=1)`` against
+   ``model.strain_map(py4DSTEM.read(path), reference=mask)`` in this process:
+   the largest difference per slice, masks compared, times (median of 2) and
+   patterns/s side by side; then a run in which one worker is killed
+   (``SIGKILL``) as soon as the first block task has finished.
+2. ``big_detectors``: 48x48 scans of 256x256 patterns (polycrystal, seed 0) at
+   0, 25 and 50 % noise; a model fitted with detector pre-binning (the
+   default) and one without (``prebin=False`` inputs), MAE of both against
+   the truth; ``strain_map`` straight from the DataCube (its input pass
+   included), median of 3, with and without pre-binning.
+3. ``big_scan``: a 256x256 scan of 256x256 **uint16** patterns in an EMD file
+   on disk (a 64x64 simulation at 25 % noise, tiled 4x4; ~8.6 GB, written to
+   ``--tmp``), mapped with the 25 % model of part 2 from the path: in one
+   process (a subprocess, read lazily in row blocks) and on a
+   ``LocalCluster`` of 2 workers. Peak RSS is each process's ``VmHWM``
+   (``/proc/self/status``): the one-process child, and every worker after
+   its run.
+
+Writes ``large_data.json`` and ``large_data.md`` to ``--out``
+(``docs/benchmark_results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _meta  # noqa: E402
+
+PARTS = ("distributed", "big_detectors", "big_scan")
+
+
+def _vmhwm_mb() -> float:
+    """Peak resident memory (VmHWM) of this process, MB."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _cluster():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    return cluster, Client(cluster)
+
+
+def _mae(rs, truth) -> dict:
+    from py4dstem_ccstae.metrics import strain_errors
+
+    return {k: float(v) for k, v in strain_errors(rs, truth).items()}
+
+
+def _fit(dc, **kw):
+    from py4dstem_ccstae import CCSTAE
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CCSTAE(**kw).fit(dc, seed=0, progress=False)
+
+
+# ------------------------------------------------------------- 1 distributed
+def distributed_part(tmp: Path) -> dict:
+    import py4DSTEM
+
+    import py4dstem_ccstae.distributed as dist
+    from py4dstem_ccstae.simulate import add_background_noise, polycrystal
+
+    clean, truth = polycrystal(scan_shape=(64, 64), seed=0)
+    dc = add_background_noise(clean, 25, seed=0)
+    path = tmp / "scan64.h5"
+    py4DSTEM.save(str(path), dc, mode="o")
+    ref = truth.get_slice("reference").data.astype(bool)
+    model = _fit(dc)
+    n = 64 * 64
+
+    def one():
+        t0 = time.perf_counter()
+        rs = model.strain_map(py4DSTEM.read(str(path)), reference=ref)
+        return rs, time.perf_counter() - t0
+
+    cluster, client = _cluster()
+    try:
+        client.run(lambda: __import__("py4dstem_ccstae.estimator"))  # imports done
+        runs_one, runs_dist = [], []
+        for _ in range(2):  # side by side, alternating
+            rs1, s1 = one()
+            runs_one.append(s1)
+            t0 = time.perf_counter()
+            rs2 = model.strain_map(path, reference=ref, client=client)
+            runs_dist.append(time.perf_counter() - t0)
+        diff = {
+            label: float(
+                np.nanmax(np.abs(rs2.get_slice(label).data - rs1.get_slice(label).data))
+            )
+            for label in rs1.slicelabels
+        }
+        masks_equal = bool(
+            (rs1.get_slice("mask").data == rs2.get_slice("mask").data).all()
+            and (
+                np.isnan(rs1.get_slice("e_xx").data) == np.isnan(rs2.get_slice("e_xx").data)
+            ).all()
+        )
+        # a worker killed as soon as the first block has finished
+        pids = client.run(os.getpid)
+        real, killed = dist._gather, []
+
+        def gather_and_kill(cl, futures, resubmit=None):
+            if not killed and len(futures) > 1:
+                futures[0].result()
+                victim = sorted(pids.values())[0]
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+            return real(cl, futures, resubmit)
+
+        dist._gather = gather_and_kill
+        try:
+            rs3 = model.strain_map(path, reference=ref, client=client, block_rows=4)
+        finally:
+            dist._gather = real
+        kill_diff = float(np.nanmax(np.abs(rs3.data - rs1.data)))
+        kill_masks = bool((rs3.get_slice("mask").data == rs1.get_slice("mask").data).all())
+    finally:
+        client.close()
+        cluster.close()
+    return {
+        "scan": [64, 64],
+        "patterns": [128, 128],
+        "max_abs_difference": diff,
+        "masks_identical": masks_equal,
+        "one_process_s": statistics.median(runs_one),
+        "two_workers_s": statistics.median(runs_dist),
+        "one_process_runs_s": runs_one,
+        "two_workers_runs_s": runs_dist,
+        "one_process_patterns_per_s": n / statistics.median(runs_one),
+        "two_workers_patterns_per_s": n / statistics.median(runs_dist),
+        "killed_worker_pid": killed[0] if killed else None,
+        "killed_run_max_abs_difference": kill_diff,
+        "killed_run_masks_identical": kill_masks,
+        "mae_one_process": _mae(rs1, truth),
+    }
+
+
+# ---------------------------------------------------------- 2 big detectors
+def big_detectors_part(tmp: Path) -> tuple[dict, Path]:
+    from py4dstem_ccstae import DiffractionInputs
+    from py4dstem_ccstae.simulate import add_background_noise, polycrystal
+
+    clean, truth = polycrystal(scan_shape=(48, 48), pattern_shape=(256, 256), seed=0)
+    ref = truth.get_slice("reference").data.astype(bool)
+    n = 48 * 48
+    rows, model_path = [], tmp / "model256_25.h5"
+    for noise in (0, 25, 50):
+        dc = clean if noise == 0 else add_background_noise(clean, noise, seed=0)
+        binned = _fit(dc)
+        opts = binned._input_options(fitted={})
+        full_inputs = DiffractionInputs.from_datacube(dc, prebin=False, **opts)
+        unbinned = _fit(full_inputs)
+        if noise == 25:
+            binned.save(model_path, overwrite=True)
+        times_b, times_u = [], []
+        for _ in range(3):  # side by side, alternating
+            t0 = time.perf_counter()
+            rs_b = binned.strain_map(dc, reference=ref)
+            times_b.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            fresh = DiffractionInputs.from_datacube(
+                dc, prebin=False, **unbinned._input_options()
+            )
+            rs_u = unbinned.strain_map(fresh, reference=ref)
+            times_u.append(time.perf_counter() - t0)
+        inputs_b = DiffractionInputs.from_datacube(dc, **opts)
+        rows.append(
+            {
+                "noise": noise,
+                "bin_factor": inputs_b.bin_factor,
+                "supersample": [inputs_b.supersample, full_inputs.supersample],
+                "mae_prebinned": _mae(rs_b, truth),
+                "mae_unbinned": _mae(rs_u, truth),
+                "fit_s_prebinned": binned.fitted_["train_seconds"],
+                "fit_s_unbinned": unbinned.fitted_["train_seconds"],
+                "strain_map_s_prebinned": statistics.median(times_b),
+                "strain_map_s_unbinned": statistics.median(times_u),
+                "patterns_per_s_prebinned": n / statistics.median(times_b),
+                "patterns_per_s_unbinned": n / statistics.median(times_u),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return {"scan": [48, 48], "patterns": [256, 256], "rows": rows}, model_path
+
+
+# -------------------------------------------------------------- 3 big scan
+_CHILD = r"""
+import json, sys, time, warnings
+warnings.simplefilter("ignore")
+from py4dstem_ccstae import CCSTAE
+model = CCSTAE.load(sys.argv[1])
+t0 = time.perf_counter()
+rs = model.strain_map(sys.argv[2])
+s = time.perf_counter() - t0
+hwm = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps({"seconds": s, "peak_rss_mb": hwm,
+                  "valid": float(rs.get_slice("mask").data.mean())}))
+"""
+
+
+def _write_big(path: Path, big: int) -> None:
+    import h5py
+    import py4DSTEM
+
+    from py4dstem_ccstae.simulate import add_background_noise, polycrystal
+
+    clean, _ = polycrystal(scan_shape=(64, 64), pattern_shape=(256, 256), seed=1)
+    noisy = add_background_noise(clean, 25, seed=1)
+    tile = np.clip(np.round(np.asarray(noisy.data)), 0, 65535).astype(np.uint16)
+    small = py4DSTEM.DataCube(data=tile[:2, :2])
+    small.calibration = noisy.calibration  # the calibration, origin per position
+    cal = noisy.calibration
+    ox, oy = (np.asarray(v) for v in cal.get_origin())
+    reps = big // 64
+    # an EMD file with a tiny DataCube, whose data are then replaced by the
+    # big uint16 array written row by row (py4DSTEM reads it as any DataCube)
+    small.calibration.set_origin((np.tile(ox, (reps, reps)), np.tile(oy, (reps, reps))))
+    py4DSTEM.save(str(path), small, mode="o")
+    with h5py.File(path, "a") as f:
+        (node,) = [k for k in f[list(f.keys())[0]].keys() if k != "metadatabundle"]
+        group = f[list(f.keys())[0]][node]
+        del group["data"]
+        d = group.create_dataset(
+            "data", shape=(big, big, 256, 256), dtype=np.uint16, chunks=(1, 16, 256, 256)
+        )
+        for r in range(big):
+            d[r] = np.tile(tile[r % 64], (reps, 1, 1))
+
+
+def big_scan_part(tmp: Path, model_path: Path, big: int = 256) -> dict:
+    from py4dstem_ccstae import CCSTAE
+
+    path = tmp / "scan256_uint16.h5"
+    t0 = time.perf_counter()
+    _write_big(path, big)
+    write_s = time.perf_counter() - t0
+    size_gb = path.stat().st_size / 1e9
+    n = big * big
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(model_path), str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    one = json.loads(proc.stdout.strip().splitlines()[-1])
+    model = CCSTAE.load(model_path)
+    cluster, client = _cluster()
+    try:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rs = model.strain_map(path, client=client)
+        dist_s = time.perf_counter() - t0
+        workers = client.run(_vmhwm_mb)
+    finally:
+        client.close()
+        cluster.close()
+    return {
+        "scan": [big, big],
+        "patterns": [256, 256],
+        "dtype": "uint16",
+        "file_gb": size_gb,
+        "write_s": write_s,
+        "one_process_s": one["seconds"],
+        "one_process_patterns_per_s": n / one["seconds"],
+        "one_process_peak_rss_mb": one["peak_rss_mb"],
+        "two_workers_s": dist_s,
+        "two_workers_patterns_per_s": n / dist_s,
+        "worker_peak_rss_mb": sorted(workers.values()),
+        "driver_peak_rss_mb": _vmhwm_mb(),
+        "valid_fraction": [one["valid"], float(rs.get_slice("mask").data.mean())],
+    }
+
+
+# --------------------------------------------------------------- reporting
+def _markdown(result: dict) -> str:
+    md = ["### Large data: distributed prediction, big detectors, a big scan", ""]
+    md.append(
+        f"`{result['command']}`, {result['date']}, {result['machine']}, "
+        f"torch threads {result['threads']}; git {result['git']}."
+    )
+    d = result.get("distributed")
+    if d:
+        md += [
+            "",
+            "#### Distributed prediction (64x64 scan, 128x128 patterns, 25 % noise)",
+            "",
+            "| | one process | LocalCluster, 2 workers x 1 thread |",
+            "|---|---|---|",
+            f"| strain_map, median of 2 (s) | {d['one_process_s']:.1f} | {d['two_workers_s']:.1f} |",
+            f"| patterns/s | {d['one_process_patterns_per_s']:.0f} | "
+            f"{d['two_workers_patterns_per_s']:.0f} |",
+            "",
+            "Largest difference, cluster against one process, per slice: "
+            + ", ".join(f"{k} {v:.1e}" for k, v in d["max_abs_difference"].items())
+            + f"; masks identical: {d['masks_identical']}. One worker killed after the "
+            f"first block: largest difference {d['killed_run_max_abs_difference']:.1e}, "
+            f"masks identical: {d['killed_run_masks_identical']}.",
+        ]
+    b = result.get("big_detectors")
+    if b:
+        md += [
+            "",
+            "#### Big detectors (48x48 scan, 256x256 patterns): pre-binned against unbinned",
+            "",
+            "| noise % | b | s (binned / unbinned) | MAE e_xx / e_yy / e_xy x1e-3, pre-binned"
+            " | unbinned | theta (deg) binned / unbinned | strain_map patterns/s binned"
+            " / unbinned |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in b["rows"]:
+            mb, mu = r["mae_prebinned"], r["mae_unbinned"]
+            md.append(
+                f"| {r['noise']} | {r['bin_factor']} | {r['supersample'][0]} / "
+                f"{r['supersample'][1]} | "
+                + " / ".join(
+                    f"{1e3 * mb['mae_' + k]:.2f}" for k in ("e_xx", "e_yy", "e_xy")
+                )
+                + " | "
+                + " / ".join(
+                    f"{1e3 * mu['mae_' + k]:.2f}" for k in ("e_xx", "e_yy", "e_xy")
+                )
+                + f" | {mb['mae_theta_deg']:.3f} / {mu['mae_theta_deg']:.3f} | "
+                f"{r['patterns_per_s_prebinned']:.0f} / {r['patterns_per_s_unbinned']:.0f} |"
+            )
+    s = result.get("big_scan")
+    if s:
+        md += [
+            "",
+            f"#### Big scan on disk ({s['scan'][0]}x{s['scan'][1]} scan, 256x256 uint16, "
+            f"{s['file_gb']:.1f} GB EMD)",
+            "",
+            "| | one process (lazy, row blocks) | LocalCluster, 2 workers x 1 thread |",
+            "|---|---|---|",
+            f"| strain_map (s) | {s['one_process_s']:.0f} | {s['two_workers_s']:.0f} |",
+            f"| patterns/s | {s['one_process_patterns_per_s']:.0f} | "
+            f"{s['two_workers_patterns_per_s']:.0f} |",
+            f"| peak RSS (VmHWM, MB) | {s['one_process_peak_rss_mb']:.0f} | workers "
+            + ", ".join(f"{v:.0f}" for v in s["worker_peak_rss_mb"])
+            + f"; driver {s['driver_peak_rss_mb']:.0f} |",
+        ]
+    return "\n".join(md) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--tmp", default=None, help="folder for the data files (deleted)")
+    ap.add_argument("--out", default="docs/benchmark_results")
+    args = ap.parse_args(argv)
+    result = _meta.run_meta("large_data.py", argv)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        if "distributed" in args.part:
+            result["distributed"] = distributed_part(tmp)
+            print(json.dumps(result["distributed"]), flush=True)
+        model_path = None
+        if "big_detectors" in args.part or "big_scan" in args.part:
+            result["big_detectors"], model_path = big_detectors_part(tmp)
+        if "big_scan" in args.part:
+            result["big_scan"] = big_scan_part(tmp, model_path)
+            print(json.dumps(result["big_scan"]), flush=True)
+    _meta.write(Path(args.out), "large_data", result, _markdown(result))
+    print(_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
