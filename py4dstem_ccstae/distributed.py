@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["predict_blocks", "row_blocks"]
+__all__ = ["predict_blocks", "row_blocks", "training_patterns"]
 
 #: Default patterns per block task (rows = max(1, this // Ry)).
 BLOCK_PATTERNS = 4096
@@ -153,6 +153,125 @@ def _gather(client, futures: list, resubmit=None) -> list:
     return out
 
 
+class _Blocks:
+    """A scan split into row blocks, and where their tasks run (``client`` or here)."""
+
+    def __init__(self, data, client=None, datapath=None, block_rows=None):
+        self.client = client
+        self.dc, self.source, self.in_memory = _open(data, datapath)
+        Rx, Ry = (int(v) for v in self.dc.data.shape[:2])
+        self.scan_shape = (Rx, Ry)
+        if block_rows is None:
+            block_rows = max(1, BLOCK_PATTERNS // Ry)
+        if (
+            isinstance(block_rows, bool)
+            or not isinstance(block_rows, (int, np.integer))
+            or block_rows < 1
+        ):
+            raise ValueError(f"block_rows must be an int >= 1, got {block_rows!r}")
+        self.blocks = row_blocks(Rx, int(block_rows))
+        if self.in_memory and client is None:
+            self.source = _MemorySource(self.dc.data)  # here: no copies of the DataCube
+
+    def run(self, fn, *args) -> list:
+        """``fn(source, r0, r1, *args)`` for every block, results in block order."""
+        client, blocks = self.client, self.blocks
+        if client is None:
+            return [fn(self.source, r0, r1, *args) for r0, r1 in blocks]
+
+        def submit(i):
+            r0, r1 = blocks[i]
+            kw = {}
+            if self.in_memory:  # straight to a worker, not through the scheduler
+                kw["block"] = client.scatter(np.asarray(self.dc.data[r0:r1]))
+            return client.submit(
+                fn, self.source, r0, r1, *args, retries=RETRIES, pure=False, **kw
+            )
+
+        return _gather(client, [submit(i) for i in range(len(blocks))], submit)
+
+    def shared(self, obj):
+        """``obj`` sent to every worker once (a future), or itself here."""
+        return obj if self.client is None else self.client.scatter(obj, broadcast=True)
+
+    def inputs(self, options: dict, braggvectors=None):
+        """Finished :class:`DiffractionInputs` of the scan for ``options``.
+
+        The geometry is planned from the calibration; a missing origin is
+        measured per block and fitted over the whole scan, and the intensity
+        statistics are summed over the blocks, as one process does. The
+        result reads the scan's data (lazily for a file) in this process.
+        """
+        from .adapters import (
+            DiffractionInputs,
+            _calibrated_origin,
+            _fit_measured,
+            _probe_radius,
+        )
+
+        dc, shape = self.dc, self.scan_shape
+        origin, measured = _calibrated_origin(dc.calibration, shape), False
+        if origin is None:
+            warnings.warn(
+                "datacube has no origin calibration: measuring it per pattern (centre "
+                "of mass of the brightest disk, py4DSTEM's get_origin) block by block "
+                "and fitting a plane; the datacube's calibration is not modified",
+                UserWarning,
+                stacklevel=4,
+            )
+            radius = _probe_radius(dc.data, shape, 256)
+            meas = np.concatenate(self.run(_block_origin, radius))
+            origin, measured = _fit_measured(meas, shape), True
+        plan = DiffractionInputs.plan(
+            dc, origin=origin, origin_measured=measured, **options
+        )
+        return plan.finish(self.run(_block_stats, self.shared(plan.detached())))
+
+
+def _block_rows_batch(source: _Source, r0: int, r1: int, inputs, flat, block=None):
+    """Network inputs of the flat scan indices ``flat`` that lie in rows ``r0:r1``."""
+    Ry = inputs.scan_shape[1]
+    local = flat[(flat >= r0 * Ry) & (flat < r1 * Ry)] - r0 * Ry
+    part = inputs.rows(r0, r1, source.rows(r0, r1, block))
+    return part.batch(local)
+
+
+def training_patterns(
+    data,
+    options: dict,
+    train_idx_of,
+    *,
+    braggvectors=None,
+    client=None,
+    datapath=None,
+    block_rows=None,
+):
+    """Inputs and training patterns of a scan read block by block (``CCSTAE.fit``).
+
+    Parameters
+    ----------
+    data : py4DSTEM.DataCube, str or PathLike
+        As in :func:`predict_blocks`.
+    options : dict
+        :meth:`DiffractionInputs.from_datacube` keyword arguments.
+    train_idx_of : callable
+        ``n_patterns -> sorted flat indices`` of the training set.
+    braggvectors, client, datapath, block_rows
+        As in :meth:`CCSTAE.fit` and :func:`predict_blocks`.
+
+    Returns
+    -------
+    (DiffractionInputs, ndarray, ndarray)
+        The scan's inputs, the training indices and their network inputs
+        (n, size, size) float32, in index order.
+    """
+    blocks = _Blocks(data, client=client, datapath=datapath, block_rows=block_rows)
+    inputs = blocks.inputs(options, braggvectors)
+    train_idx = np.asarray(train_idx_of(inputs.n_patterns))
+    parts = blocks.run(_block_rows_batch, blocks.shared(inputs.detached()), train_idx)
+    return inputs, train_idx, np.concatenate(parts)
+
+
 def predict_blocks(
     model,
     data,
@@ -188,66 +307,15 @@ def predict_blocks(
         As :meth:`CCSTAE.predict`; equal to the single-process result to
         float32 rounding.
     """
-    from .adapters import (
-        DiffractionInputs,
-        _calibrated_origin,
-        _fit_measured,
-        _probe_radius,
-    )
-
     model._require_fitted()
-    dc, source, in_memory = _open(data, datapath)
-    Rx, Ry = (int(v) for v in dc.data.shape[:2])
-    if block_rows is None:
-        block_rows = max(1, BLOCK_PATTERNS // Ry)
-    if (
-        isinstance(block_rows, bool)
-        or not isinstance(block_rows, (int, np.integer))
-        or block_rows < 1
-    ):
-        raise ValueError(f"block_rows must be an int >= 1, got {block_rows!r}")
-    blocks = row_blocks(Rx, int(block_rows))
-    if in_memory and client is None:
-        source = _MemorySource(dc.data)  # here: no copies of the DataCube
-
-    def run(fn, *args):
-        """One task per block, results in block order: on the cluster, or here."""
-        if client is None:
-            return [fn(source, r0, r1, *args) for r0, r1 in blocks]
-
-        def submit(i):
-            r0, r1 = blocks[i]
-            kw = {}
-            if in_memory:  # straight to a worker, not through the scheduler
-                kw["block"] = client.scatter(np.asarray(dc.data[r0:r1]))
-            return client.submit(
-                fn, source, r0, r1, *args, retries=RETRIES, pure=False, **kw
-            )
-
-        return _gather(client, [submit(i) for i in range(len(blocks))], submit)
-
-    def shared(obj):
-        """``obj`` sent to every worker once (a future), or itself here."""
-        return obj if client is None else client.scatter(obj, broadcast=True)
-
-    options = model._input_options()
-    origin, measured = _calibrated_origin(dc.calibration, (Rx, Ry)), False
-    if origin is None:
-        # measured per block, fitted over the whole scan as one process does
-        warnings.warn(
-            "datacube has no origin calibration: measuring it per pattern (centre "
-            "of mass of the brightest disk, py4DSTEM's get_origin) block by block "
-            "and fitting a plane; the datacube's calibration is not modified",
-            UserWarning,
-            stacklevel=3,
-        )
-        batch = 256
-        radius = _probe_radius(dc.data, (Rx, Ry), batch)
-        meas = np.concatenate(run(_block_origin, radius))
-        origin, measured = _fit_measured(meas, (Rx, Ry)), True
-    plan = DiffractionInputs.plan(dc, origin=origin, origin_measured=measured, **options)
-    inputs = plan.finish(run(_block_stats, shared(plan.detached())))
-    parts = run(_block_predict, shared(inputs.detached()), shared(model), refine_transforms)
+    blocks = _Blocks(data, client=client, datapath=datapath, block_rows=block_rows)
+    inputs = blocks.inputs(model._input_options())
+    parts = blocks.run(
+        _block_predict,
+        blocks.shared(inputs.detached()),
+        blocks.shared(model),
+        refine_transforms,
+    )
     seen = set()
     kinds = {"UserWarning": UserWarning, "RuntimeWarning": RuntimeWarning}
     for part in parts:

@@ -275,6 +275,8 @@ class CCSTAE:
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        client=None,
+        datapath: str | None = None,
     ) -> CCSTAE:
         """Train on a DataCube (or prepared :class:`DiffractionInputs`).
 
@@ -307,6 +309,15 @@ class CCSTAE:
         overwrite : bool
             Replace an existing ``checkpoint`` file that is not a training
             checkpoint of this package. Default False (OutputExistsError).
+        client : distributed.Client, optional
+            Read the scan on this dask cluster in row blocks (its intensity
+            statistics and the training subset; :mod:`~py4dstem_ccstae.distributed`).
+            Training itself runs here, on ``device``.
+        datapath : str, optional
+            The DataCube inside an EMD file ``data``.
+
+        ``data`` may also be a path (an EMD file, or a raw file
+        ``py4DSTEM.import_file`` memory-maps): it is read lazily.
 
         Returns
         -------
@@ -336,16 +347,33 @@ class CCSTAE:
         saved = _check_checkpoint(checkpoint, bool(resume), bool(overwrite))
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        inputs = self._inputs(data, braggvectors, fitted={})
-        # training set: every pattern, or a fixed random subset of large scans
-        # (memory stays bounded; the encoder does not need all of them)
-        n_all = inputs.n_patterns
-        if n_all > MAX_TRAIN_PATTERNS:
-            rng = np.random.default_rng(seed)
-            train_idx = np.sort(rng.choice(n_all, MAX_TRAIN_PATTERNS, replace=False))
+
+        def training_set(n_all: int) -> np.ndarray:
+            """Every pattern, or a fixed random subset of large scans (memory
+            stays bounded; the encoder does not need all of them)."""
+            if n_all > MAX_TRAIN_PATTERNS:
+                rng = np.random.default_rng(seed)
+                return np.sort(rng.choice(n_all, MAX_TRAIN_PATTERNS, replace=False))
+            return np.arange(n_all)
+
+        if client is not None or isinstance(data, (str, os.PathLike)):
+            from .distributed import training_patterns
+
+            inputs, train_idx, X = training_patterns(
+                data,
+                self._input_options(fitted={}),
+                training_set,
+                braggvectors=braggvectors,
+                client=client,
+                datapath=datapath,
+            )
+            X = torch.from_numpy(X)
         else:
-            train_idx = np.arange(n_all)
-        X = torch.from_numpy(inputs.batch(train_idx))
+            if datapath is not None:
+                raise ValueError("datapath: only used when data is a file path")
+            inputs = self._inputs(data, braggvectors, fitted={})
+            train_idx = training_set(inputs.n_patterns)
+            X = torch.from_numpy(inputs.batch(train_idx))
         mask = torch.tensor(inputs.mask, dtype=torch.float32)
         sym = self.config["symmetry"]
         if sym == "auto":

@@ -177,3 +177,26 @@ def test_cli_predict_on_a_local_cluster(model, scan, tmp_path, capsys):
         cli.main(["predict", str(model_path), str(path), str(path), "--out", "x.h5"]) == 2
     )
     assert "only with one INPUT" in capsys.readouterr().err
+
+
+def test_training_reads_its_subset_block_by_block(model, scan, client):
+    from py4dstem_ccstae import DiffractionInputs
+    from py4dstem_ccstae.distributed import training_patterns
+
+    dc, path = scan
+    opts = model._input_options(fitted={})
+    idx = np.array([0, 5, 17, 40, 41, 95])
+    expected = DiffractionInputs.from_datacube(dc, **opts).batch(idx)
+    for kw in ({}, {"client": client}):
+        inputs, got_idx, X = training_patterns(path, opts, lambda n: idx, block_rows=2, **kw)
+        assert inputs.n_patterns == 96 and (got_idx == idx).all()
+        np.testing.assert_allclose(X, expected, rtol=0, atol=1e-6)
+    # fit from a path on the cluster: a sound model, as from the DataCube
+    kw = dict(size=32, epochs=3, batch_size=12, coarse_epochs=1, min_sensitivity=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        remote = CCSTAE(**kw).fit(path, progress=False, device="cpu", client=client)
+    assert remote.fitted_["train_patterns"] == 96
+    assert remote.fitted_["q_max"] == pytest.approx(model.fitted_["q_max"])
+    rs, one = remote.strain_map(dc), model.strain_map(dc)
+    assert rs.get_slice("mask").data.mean() == one.get_slice("mask").data.mean()
