@@ -18,9 +18,13 @@ Sub-commands
     full-rotation and dynamical cases).
 ``fit INPUT``
     Trains a CC-ST-AE on a py4DSTEM/EMD or raw 4D-STEM file and writes its
-    strain map and the model to one EMD file (:func:`run_fit`).
-``predict MODEL INPUT``
-    Applies a saved model to a new scan (:func:`run_predict`).
+    strain map and the model to one EMD file
+    (:func:`~py4dstem_ccstae.workflows.run_fit`).
+``predict MODEL INPUT [INPUT ...]``
+    Applies a saved model to new scans, one output each
+    (:func:`~py4dstem_ccstae.workflows.run_predict`,
+    :func:`~py4dstem_ccstae.workflows.predict_batch`), optionally on a dask
+    cluster (``--scheduler``, ``--workers``).
 
 Bad arguments print one line and exit with code 2; outputs are written
 atomically and never overwrite existing files without ``--force``.

@@ -278,11 +278,13 @@ class CCSTAE:
         client=None,
         datapath: str | None = None,
     ) -> CCSTAE:
-        """Train on a DataCube (or prepared :class:`DiffractionInputs`).
+        """Train on a DataCube (or prepared :class:`DiffractionInputs`, or a file).
 
         Parameters
         ----------
-        data : py4DSTEM.DataCube or DiffractionInputs
+        data : py4DSTEM.DataCube, DiffractionInputs, str or PathLike
+            A path is an EMD file (``datapath`` selects the DataCube) or a raw
+            file ``py4DSTEM.import_file`` memory-maps; it is read lazily.
         braggvectors : py4DSTEM.BraggVectors, optional
             Calibrated Bragg vectors (ring mask from the Bragg vector map).
         seed : int
@@ -315,9 +317,6 @@ class CCSTAE:
             Training itself runs here, on ``device``.
         datapath : str, optional
             The DataCube inside an EMD file ``data``.
-
-        ``data`` may also be a path (an EMD file, or a raw file
-        ``py4DSTEM.import_file`` memory-maps): it is read lazily.
 
         Returns
         -------
