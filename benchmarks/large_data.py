@@ -222,7 +222,8 @@ model = CCSTAE.load(sys.argv[1])
 t0 = time.perf_counter()
 rs = model.strain_map(sys.argv[2])
 s = time.perf_counter() - t0
-hwm = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+status = open("/proc/self/status").read().splitlines()
+hwm = [int(l.split()[1]) / 1024 for l in status if l.startswith("VmHWM")][0]
 print(json.dumps({"seconds": s, "peak_rss_mb": hwm,
                   "valid": float(rs.get_slice("mask").data.mean())}))
 """
@@ -318,7 +319,8 @@ def _markdown(result: dict) -> str:
             "",
             "| | one process | LocalCluster, 2 workers x 1 thread |",
             "|---|---|---|",
-            f"| strain_map, median of 2 (s) | {d['one_process_s']:.1f} | {d['two_workers_s']:.1f} |",
+            f"| strain_map, median of 2 (s) | {d['one_process_s']:.1f} | "
+            f"{d['two_workers_s']:.1f} |",
             f"| patterns/s | {d['one_process_patterns_per_s']:.0f} | "
             f"{d['two_workers_patterns_per_s']:.0f} |",
             "",
@@ -332,9 +334,9 @@ def _markdown(result: dict) -> str:
     if b:
         md += [
             "",
-            "#### Big detectors (48x48 scan, 256x256 patterns): pre-binned against unbinned",
+            "#### Big detectors (48x48 scan, 256x256 patterns): pre-binned and unbinned",
             "",
-            "| noise % | b | s (binned / unbinned) | MAE e_xx / e_yy / e_xy x1e-3, pre-binned"
+            "| noise % | b | s (binned / unbinned) | MAE e_xx / e_yy / e_xy x1e-3, binned"
             " | unbinned | theta (deg) binned / unbinned | strain_map patterns/s binned"
             " / unbinned |",
             "|---|---|---|---|---|---|---|",
@@ -352,7 +354,8 @@ def _markdown(result: dict) -> str:
                     f"{1e3 * mu['mae_' + k]:.2f}" for k in ("e_xx", "e_yy", "e_xy")
                 )
                 + f" | {mb['mae_theta_deg']:.3f} / {mu['mae_theta_deg']:.3f} | "
-                f"{r['patterns_per_s_prebinned']:.0f} / {r['patterns_per_s_unbinned']:.0f} |"
+                f"{r['patterns_per_s_prebinned']:.0f} / "
+                f"{r['patterns_per_s_unbinned']:.0f} |"
             )
     s = result.get("big_scan")
     if s:

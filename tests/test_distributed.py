@@ -188,7 +188,9 @@ def test_training_reads_its_subset_block_by_block(model, scan, client):
     idx = np.array([0, 5, 17, 40, 41, 95])
     expected = DiffractionInputs.from_datacube(dc, **opts).batch(idx)
     for kw in ({}, {"client": client}):
-        inputs, got_idx, X = training_patterns(path, opts, lambda n: idx, block_rows=2, **kw)
+        inputs, got_idx, X = training_patterns(
+            path, opts, lambda n: idx, block_rows=2, **kw
+        )
         assert inputs.n_patterns == 96 and (got_idx == idx).all()
         np.testing.assert_allclose(X, expected, rtol=0, atol=1e-6)
     # fit from a path on the cluster: a sound model, as from the DataCube
