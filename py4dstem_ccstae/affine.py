@@ -55,8 +55,6 @@ by terms of order ``|e|**2`` (4e-4 at 2 %).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 __all__ = ["LatticeTransform", "STRAIN_KEYS"]
@@ -308,8 +306,3 @@ class LatticeTransform:
             body = ", ".join(f"{k}={float(v):+.5f}" for k, v in s.items())
             return f"LatticeTransform({body})"
         return f"LatticeTransform(shape={self.shape})"
-
-
-def strain_dict_to_stack(strain: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Stack ``e_xx, e_yy, e_xy, theta`` into one array (4, ...)."""
-    return np.stack([np.asarray(strain[k]) for k in STRAIN_KEYS])

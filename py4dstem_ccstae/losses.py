@@ -26,20 +26,12 @@ from __future__ import annotations
 
 import torch
 
-from .warp import warp, warp_spots
+from .warp import warp
 
-__all__ = ["masked_mse", "pixel_loss", "cycle_losses", "strain_hinge", "LOSSES"]
+__all__ = ["pixel_loss", "cycle_losses", "strain_hinge", "LOSSES"]
 
 #: Per-pixel losses understood by :func:`pixel_loss`.
 LOSSES = ("mse", "l1", "poisson")
-
-
-def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error inside ``mask`` (broadcast to ``a``), shape (B,).
-
-    Plain MSE, i.e. :func:`pixel_loss` with ``kind="mse"`` and no overshoot weight.
-    """
-    return pixel_loss(a, b, mask)
 
 
 def pixel_loss(
@@ -87,7 +79,6 @@ def cycle_losses(
     base: torch.Tensor,
     A: torch.Tensor,
     mask: torch.Tensor,
-    spots: torch.Tensor | None = None,
     mode: str = "bilinear",
     loss: str = "mse",
     overshoot: float = 1.0,
@@ -101,11 +92,8 @@ def cycle_losses(
     A : Tensor (B, 2, 2)
         Base -> input lattice transforms (pixel coordinates).
     mask : Tensor (S, S)
-        Ring (or spot) mask in the base frame (1 = compared).
-    spots : Tensor (n, 2), optional
-        Base spot offsets from the centre (pixels). Given: spots are moved
-        rigidly (:func:`~py4dstem_ccstae.warp.warp_spots`, spot shapes kept);
-        None: whole-image affine warps.
+        Ring (or spot) mask in the base frame (1 = compared); whole-image
+        affine warps.
     mode : str
         Interpolation of ``grid_sample``.
     loss, overshoot :
@@ -119,14 +107,9 @@ def cycle_losses(
         The inputs aligned onto the base frame.
     """
     m = mask.to(x.dtype)[None, None].expand(x.shape[0], 1, *mask.shape)
-    if spots is None:
-        x_in_base = warp(x, torch.linalg.inv(A), mode=mode)
-        base_in_x = warp(base, A, mode=mode)
-        m_in_x = warp(m, A)
-    else:
-        x_in_base = warp_spots(x, A, spots, src=1.0, dst=0.0, mode=mode)
-        base_in_x = warp_spots(base, A, spots, src=0.0, dst=1.0, mode=mode)
-        m_in_x = warp_spots(m, A, spots, src=0.0, dst=1.0)
+    x_in_base = warp(x, torch.linalg.inv(A), mode=mode)
+    base_in_x = warp(base, A, mode=mode)
+    m_in_x = warp(m, A)
     forward = pixel_loss(base, x_in_base, m, loss, overshoot)
     cycle = pixel_loss(base_in_x, x, m_in_x, loss, overshoot)
     return forward, cycle, x_in_base

@@ -21,8 +21,6 @@ Shapes and conventions
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -113,9 +111,9 @@ class CCSTAENet(nn.Module):
         -------
         dict
             ``A`` (B, 2, 2) base -> input, ``strain`` (B, 3), ``phi`` (B,),
-            ``onehot`` (B, K) straight-through one-hot, ``probs`` (B, K),
-            ``base`` (B, 1, S, S) the selected base, ``features`` (B, 128)
-            the dense features all heads read.
+            ``probs`` (B, K), ``base`` (B, 1, S, S) the selected base (chosen
+            by the straight-through one-hot of ``probs``), ``features``
+            (B, 128) the dense features all heads read.
         """
         h = self.dense(self.pool(self.features(x)))
         strain = self.max_strain * torch.tanh(self.strain_head(h))
@@ -129,7 +127,6 @@ class CCSTAENet(nn.Module):
             "A": compose_A(strain, phi),
             "strain": strain,
             "phi": phi,
-            "onehot": onehot,
             "probs": probs,
             "base": base,
             "features": h,
@@ -159,8 +156,3 @@ class CCSTAENet(nn.Module):
         with the state dict.
         """
         self._set_buffer("refine_background", background)
-
-    @property
-    def rotation_period(self) -> float:
-        """Rotation period in radians (``2 pi / symmetry``)."""
-        return 2.0 * math.pi / self.symmetry

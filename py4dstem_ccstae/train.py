@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -113,7 +113,6 @@ class TrainConfig:
     loss: str = "mse"
     overshoot: float = 1.0
     base_l1: float = 0.0
-    history: list = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -607,9 +606,3 @@ def fit_network(
             break
     bar.close()
     return history
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch and numpy (CPU runs are then reproducible)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
