@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python benchmarks/large_data.py [--part distributed big_detectors big_scan]
-                                    [--tmp DIR] [--out DIR]
+                                    [--tmp DIR] [--out DIR] [--append]
 
 1. ``distributed``: a 64x64 scan of 128x128 patterns (the simulator's
    polycrystal, 25 % background noise) saved as EMD; a model fitted on it with
@@ -311,6 +311,11 @@ def _markdown(result: dict) -> str:
         f"`{result['command']}`, {result['date']}, {result['machine']}, "
         f"torch threads {result['threads']}; git {result['git']}."
     )
+    for part, run in result.get("earlier_runs", {}).items():
+        md.append(
+            f"Part `{part}` from an earlier run: `{run['command']}`, {run['date']}, "
+            f"git {run['git']}."
+        )
     d = result.get("distributed")
     if d:
         md += [
@@ -381,8 +386,23 @@ def main(argv=None) -> int:
     ap.add_argument("--part", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--tmp", default=None, help="folder for the data files (deleted)")
     ap.add_argument("--out", default="docs/benchmark_results")
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the parts already in OUT/large_data.json that are not run now",
+    )
     args = ap.parse_args(argv)
     result = _meta.run_meta("large_data.py", argv)
+    previous = Path(args.out) / "large_data.json"
+    if args.append and previous.exists():
+        old = json.loads(previous.read_text())
+        for part in PARTS:
+            if part in old and part not in args.part:
+                result[part] = old[part]
+                result.setdefault("earlier_runs", {})[part] = {
+                    k: old.get("earlier_runs", {}).get(part, {}).get(k, old.get(k))
+                    for k in ("command", "date", "git")
+                }
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         if "distributed" in args.part:
@@ -390,7 +410,9 @@ def main(argv=None) -> int:
             print(json.dumps(result["distributed"]), flush=True)
         model_path = None
         if "big_detectors" in args.part or "big_scan" in args.part:
-            result["big_detectors"], model_path = big_detectors_part(tmp)
+            bd, model_path = big_detectors_part(tmp)
+            if "big_detectors" in args.part:
+                result["big_detectors"] = bd
         if "big_scan" in args.part:
             result["big_scan"] = big_scan_part(tmp, model_path)
             print(json.dumps(result["big_scan"]), flush=True)

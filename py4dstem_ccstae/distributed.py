@@ -163,6 +163,10 @@ class _Blocks:
         self.scan_shape = (Rx, Ry)
         if block_rows is None:
             block_rows = max(1, BLOCK_PATTERNS // Ry)
+            if client is not None:
+                # at least two blocks per worker, so that every worker has work
+                workers = max(1, len(client.scheduler_info().get("workers", {})))
+                block_rows = max(1, min(block_rows, -(-Rx // (2 * workers))))
         if (
             isinstance(block_rows, bool)
             or not isinstance(block_rows, (int, np.integer))
@@ -299,7 +303,8 @@ def predict_blocks(
     refine_transforms : bool, optional
         As in :meth:`CCSTAE.predict`.
     block_rows : int, optional
-        Scan rows per task; default ``max(1, 4096 // Ry)``.
+        Scan rows per task; default ``max(1, 4096 // Ry)`` rows, fewer on a
+        cluster so that every worker gets at least two blocks.
 
     Returns
     -------
