@@ -70,7 +70,9 @@ Scaling (applied to the resampled patterns) is one of ``'linear'`` (``x``),
 (``log1p(x / m)``, ``m`` = :attr:`DiffractionInputs.log_reference`, the median
 over batches of each batch's median positive resampled value). The scaled
 values are divided by one global :attr:`DiffractionInputs.intensity_scale`,
-the 99.9th percentile of the scaled mean (linear) resampled pattern.
+the 99.9th percentile of the scaled mean (linear) resampled pattern. The mean
+is over every pattern of a scan that fits the cache (``cache_mb``), else over
+4096 patterns spread evenly over the scan (:meth:`DiffractionInputs.stats_indices`).
 """
 
 from __future__ import annotations
@@ -127,8 +129,13 @@ def _check_ring(ring) -> tuple[float, float]:
 
 
 def _check_block(block: np.ndarray, name: str = "datacube") -> None:
-    """Raise if a block of patterns holds NaN/Inf or negative values."""
-    if not np.all(np.isfinite(block)):
+    """Raise if a block of patterns holds NaN/Inf or negative values.
+
+    Unsigned integers (detector counts) pass without a look at the values.
+    """
+    if np.issubdtype(block.dtype, np.unsignedinteger) or block.dtype == bool:
+        return
+    if np.issubdtype(block.dtype, np.floating) and not np.all(np.isfinite(block)):
         raise ValueError(f"{name} data must be finite, found NaN or Inf")
     if block.size and block.min() < 0:
         raise ValueError(f"{name} data must be non-negative, found min {block.min():.4g}")
@@ -185,8 +192,6 @@ def _read_patterns(data, indices: np.ndarray, Ry: int) -> np.ndarray:
         chunks.append(block[ry - lo])
     out = np.concatenate(chunks, axis=0)
     _release_pages(data)
-    if not np.issubdtype(out.dtype, np.floating):
-        out = out.astype(np.float64)
     return out[inverse]
 
 
@@ -224,7 +229,7 @@ def _probe_radius(data, scan_shape, batch_size: int) -> float | None:
         dp = _read_patterns(data, idx, Ry)
         _check_block(dp)
         if dp.max() > 0:
-            r = float(get_probe_size(dp.max(axis=0))[0])
+            r = float(get_probe_size(dp.max(axis=0).astype(np.float64))[0])
             return r if np.isfinite(r) and r > 0 else None
     return None
 
@@ -513,7 +518,7 @@ class DiffractionInputs:
         ring: tuple[float, float] | None = None,
         batch_size: int = 256,
         prebin: bool = True,
-        cache_mb: float = 256.0,
+        cache_mb: float | None = None,
         units: str | None = None,
     ) -> DiffractionInputs:
         """Network inputs for a calibrated DataCube.
@@ -550,15 +555,16 @@ class DiffractionInputs:
             Pre-bin large detectors before resampling (module docs:
             Pre-binning; only when area averaging would need >= 4 x 4
             sub-samples per output pixel). Default True.
-        cache_mb : float
+        cache_mb : float, optional
             Keep the resampled patterns (float32, before intensity scaling) in
-            memory when they take at most this many MB (a 64x64 scan at
-            ``size=64``: 67 MB): the construction pass fills the cache and
-            later batches are served from it instead of reading and
-            resampling the DataCube again (the same values, bit for bit).
-            Larger scans are streamed as before; ``0`` never caches. A cached
-            object is a snapshot: later changes to the DataCube's data are not
-            seen.
+            memory when they take at most this many MB (default
+            :data:`CACHE_MB`, 256; a 64x64 scan at ``size=64``: 67 MB): the
+            construction pass fills the cache and later batches are served
+            from it instead of reading and resampling the DataCube again (the
+            same values, bit for bit). Larger scans are streamed, and their
+            construction pass reads only the 4096 spread patterns of
+            :meth:`stats_indices`; ``0`` never caches. A cached object is a
+            snapshot: later changes to the DataCube's data are not seen.
         units : str, optional
             The Q units ``q_max`` and ``ring`` are given in (a fitted model's
             units): a DataCube calibrated in other units is refused
@@ -575,7 +581,9 @@ class DiffractionInputs:
             When the DataCube has no origin calibration and it is measured
             (see :func:`_measure_origin`); the DataCube is left unchanged.
         """
-        cache_mb = check_number(cache_mb, "cache_mb", low=0.0)
+        cache_mb = (
+            CACHE_MB if cache_mb is None else check_number(cache_mb, "cache_mb", low=0.0)
+        )
         self = cls.plan(
             datacube,
             braggvectors,
@@ -589,13 +597,33 @@ class DiffractionInputs:
             units=units,
         )
         # one pass: mean resampled pattern (and the log reference), and the
-        # cache when it fits (float32 holds the resampled values exactly)
+        # cache when it fits (float32 holds the resampled values exactly);
+        # a scan too large for the cache: the statistics of a spread subset
         cache = None
-        if self.n_patterns * self.size**2 * 4 <= cache_mb * 1e6:
+        subset = self.stats_indices(cache_mb)
+        if subset is None:
             cache = np.empty((self.n_patterns, self.size, self.size), np.float32)
-        stats = self.accumulate(cache=cache)
+        stats = self.accumulate(subset, cache=cache)
         self._cache = cache
         return self.finish([stats])
+
+    def stats_indices(self, cache_mb: float | None = None) -> np.ndarray | None:
+        """Flat indices whose statistics set the intensity scale; None for all.
+
+        A scan whose resampled patterns fit in ``cache_mb`` MB uses every
+        pattern (it is read once anyway, to fill the cache). A larger scan
+        uses :data:`STATS_PATTERNS` patterns spread evenly over it, so that
+        it is not read twice in full (the statistics pass would otherwise
+        cost as much as the prediction's own pass).
+        """
+        cache_mb = CACHE_MB if cache_mb is None else cache_mb
+        if self.n_patterns * self.size**2 * 4 <= cache_mb * 1e6:
+            return None
+        if self.n_patterns <= STATS_PATTERNS:
+            return np.arange(self.n_patterns)
+        return np.unique(
+            np.linspace(0, self.n_patterns - 1, STATS_PATTERNS).round().astype(int)
+        )
 
     @classmethod
     def plan(
@@ -755,6 +783,7 @@ class DiffractionInputs:
         size, size) float32, if given, receives the resampled patterns.
         """
         idx_all = np.arange(self.n_patterns) if indices is None else np.asarray(indices)
+        idx_all = idx_all.astype(np.int64, copy=False)
         total = np.zeros((self.size, self.size))
         medians = []
         for s in range(0, len(idx_all), self.batch_size):
@@ -912,6 +941,7 @@ class DiffractionInputs:
             )
         raw = _read_patterns(self._data, indices, self.scan_shape[1])
         _check_block(raw)
+        # float32 straight from the stored type (exact for counts < 2**24)
         img = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[:, None]
         b = self.bin_factor
         if b > 1:
@@ -1152,6 +1182,13 @@ class DiffractionInputs:
         )
         return inside.mean(-1)
 
+
+#: Default ``cache_mb`` of :meth:`DiffractionInputs.from_datacube` (MB).
+CACHE_MB = 256.0
+
+#: Patterns whose statistics set the intensity scale of a scan too large for
+#: the cache (:meth:`DiffractionInputs.stats_indices`).
+STATS_PATTERNS = 4096
 
 #: Supersampling from which the detector is pre-binned (module docs).
 PREBIN_SUPERSAMPLE = 4

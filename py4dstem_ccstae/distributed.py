@@ -95,10 +95,17 @@ def _block_origin(source: _Source, r0: int, r1: int, radius: float, block=None):
     return _measure_patterns(data, np.arange(n), data.shape[1], radius)
 
 
-def _block_stats(source: _Source, r0: int, r1: int, plan, block=None) -> dict:
-    """Statistics of rows ``r0:r1`` (:meth:`DiffractionInputs.accumulate`)."""
+def _block_stats(source: _Source, r0: int, r1: int, plan, subset, block=None) -> dict:
+    """Statistics of rows ``r0:r1`` (:meth:`DiffractionInputs.accumulate`).
+
+    ``subset``: the scan's flat statistics indices (None: every pattern).
+    """
     inputs = plan.rows(r0, r1, source.rows(r0, r1, block))
-    return inputs.accumulate()
+    if subset is None:
+        return inputs.accumulate()
+    Ry = plan.scan_shape[1]
+    local = subset[(subset >= r0 * Ry) & (subset < r1 * Ry)] - r0 * Ry
+    return inputs.accumulate(local)
 
 
 def _block_predict(
@@ -229,7 +236,11 @@ class _Blocks:
         plan = DiffractionInputs.plan(
             dc, origin=origin, origin_measured=measured, **options
         )
-        return plan.finish(self.run(_block_stats, self.shared(plan.detached())))
+        # the same statistics as one process: every pattern, or the spread
+        # subset of a scan too large for the cache (stats_indices)
+        subset = plan.stats_indices()
+        stats = self.run(_block_stats, self.shared(plan.detached()), subset)
+        return plan.finish(stats)
 
 
 def _block_rows_batch(source: _Source, r0: int, r1: int, inputs, flat, block=None):

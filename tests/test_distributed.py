@@ -202,3 +202,18 @@ def test_training_reads_its_subset_block_by_block(model, scan, client):
     assert remote.fitted_["q_max"] == pytest.approx(model.fitted_["q_max"])
     rs, one = remote.strain_map(dc), model.strain_map(dc)
     assert rs.get_slice("mask").data.mean() == one.get_slice("mask").data.mean()
+
+
+def test_a_scan_too_large_for_the_cache_takes_its_statistics_from_a_subset(
+    model, scan, client, monkeypatch
+):
+    import py4dstem_ccstae.adapters as adapters
+
+    dc, path = scan
+    monkeypatch.setattr(adapters, "CACHE_MB", 0.0)  # nothing fits: streamed
+    monkeypatch.setattr(adapters, "STATS_PATTERNS", 10)
+    inputs = adapters.DiffractionInputs.from_datacube(dc, **model._input_options())
+    assert inputs._cache is None and len(inputs.stats_indices()) == 10
+    one = model.predict(dc)
+    _same(model.predict(path, block_rows=5), one)
+    _same(model.predict(path, client=client, block_rows=5), one)
