@@ -22,7 +22,8 @@ Run from the repository root::
    median of 3, with and without pre-binning.
 3. ``big_scan``: a 256x256 scan of 256x256 **uint16** patterns in an EMD file
    on disk (a 64x64 simulation at 25 % noise, tiled 4x4; ~8.6 GB, written to
-   ``--tmp``), mapped with the 25 % model of part 2 from the path: in one
+   ``--tmp``; the noise model's electron counts, integers), mapped with the
+   25 % model of part 2 (fitted again if part 2 is not run) from the path: in one
    process (a subprocess, read lazily in row blocks) and on a
    ``LocalCluster`` of 2 workers. Peak RSS is each process's ``VmHWM``
    (``/proc/self/status``): the one-process child, and every worker after
@@ -278,9 +279,14 @@ def _write_big(path: Path, big: int) -> None:
 
     from py4dstem_ccstae.simulate import add_background_noise, polycrystal
 
+    counts = 1e5
     clean, _ = polycrystal(scan_shape=(64, 64), pattern_shape=(256, 256), seed=1)
-    noisy = add_background_noise(clean, 25, seed=1)
-    tile = np.clip(np.round(np.asarray(noisy.data)), 0, 65535).astype(np.uint16)
+    noisy = add_background_noise(clean, 25, counts=counts, seed=1)
+    # back to the electron counts the noise model drew (it rescales each
+    # pattern to its clean total): integers, as a counting detector records
+    total = np.asarray(clean.data, dtype=np.float64).sum((2, 3), keepdims=True)
+    k = np.asarray(noisy.data, dtype=np.float64) * counts / total
+    tile = np.clip(np.round(k), 0, 65535).astype(np.uint16)
     small = py4DSTEM.DataCube(data=tile[:2, :2])
     small.calibration = noisy.calibration  # the calibration, origin per position
     cal = noisy.calibration
@@ -299,6 +305,16 @@ def _write_big(path: Path, big: int) -> None:
         )
         for r in range(big):
             d[r] = np.tile(tile[r % 64], (reps, 1, 1))
+
+
+def _big_scan_model(tmp: Path) -> Path:
+    """The model part 2 saves: pre-binned, 48x48 seed-0 scan at 25 % noise."""
+    from py4dstem_ccstae.simulate import add_background_noise, polycrystal
+
+    clean, _ = polycrystal(scan_shape=(48, 48), pattern_shape=(256, 256), seed=0)
+    path = tmp / "model256_25.h5"
+    _fit(add_background_noise(clean, 25, seed=0)).save(path, overwrite=True)
+    return path
 
 
 def big_scan_part(tmp: Path, model_path: Path, big: int = 256) -> dict:
@@ -473,10 +489,11 @@ def main(argv=None) -> int:
             result["distributed"] = distributed_part(tmp)
             print(json.dumps(result["distributed"]), flush=True)
         model_path = None
-        if "big_detectors" in args.part or "big_scan" in args.part:
-            bd, model_path = big_detectors_part(tmp, tuple(args.seeds))
-            if "big_detectors" in args.part:
-                result["big_detectors"] = bd
+        if "big_detectors" in args.part:
+            result["big_detectors"], model_path = big_detectors_part(tmp, tuple(args.seeds))
+        if "big_scan" in args.part:
+            if model_path is None:  # the model big_detectors would have saved
+                model_path = _big_scan_model(tmp)
         if "big_scan" in args.part:
             result["big_scan"] = big_scan_part(tmp, model_path)
             print(json.dumps(result["big_scan"]), flush=True)
