@@ -453,8 +453,9 @@ def _markdown(result: dict) -> str:
             f"{s['two_workers_patterns_per_s']:.0f} |",
             f"| peak RSS (VmHWM, MB) | {s['one_process_peak_rss_mb']:.0f} | workers "
             + ", ".join(f"{v:.0f}" for v in s["worker_peak_rss_mb"])
-            + f"; driver {s['driver_peak_rss_mb']:.0f} (it also simulated and wrote the file) |",
-            f"| valid positions | {s['valid_fraction'][0]:.3f} | {s['valid_fraction'][1]:.3f} |",
+            + f"; driver {s['driver_peak_rss_mb']:.0f} (it also made the file) |",
+            f"| valid positions | {s['valid_fraction'][0]:.3f} | "
+            f"{s['valid_fraction'][1]:.3f} |",
         ]
     return "\n".join(md) + "\n"
 
