@@ -371,10 +371,11 @@ def _markdown(result: dict) -> str:
         f"torch threads {result['threads']}; git {result['git']}."
     )
     for part, run in result.get("earlier_runs", {}).items():
-        md.append(
+        md += [
+            "",
             f"Part `{part}` from an earlier run: `{run['command']}`, {run['date']}, "
-            f"git {run['git']}."
-        )
+            f"git {run['git']}.",
+        ]
     d = result.get("distributed")
     if d:
         md += [
