@@ -48,6 +48,9 @@ def expected(model, scan):
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
+    # dask writes its workers' OMP_NUM_THREADS=1 into this process's
+    # environment too (seen by later subprocesses): restored afterwards
+    saved = dict(os.environ)
     cluster = distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     )
@@ -55,6 +58,8 @@ def client():
     yield client
     client.close()
     cluster.close()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _same(a: dict, b: dict, tol: float = TOL) -> None:

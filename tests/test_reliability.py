@@ -419,6 +419,8 @@ import py4dstem_ccstae.train as train
 dc, _ = polycrystal(scan_shape=(6, 6), pattern_shape=(64, 64), num_grains=3, seed=1)
 kw = json.loads(sys.argv[1])
 ckpt, kill_after = sys.argv[2], int(sys.argv[3])
+import torch
+torch.set_num_threads(int(sys.argv[4]))  # as the parent: same float reductions
 real = train._save_checkpoint
 def save(path, state):
     real(path, state)
@@ -435,7 +437,7 @@ def test_a_fit_killed_mid_training_resumes_to_the_same_network(tmp_path):
     kw = dict(size=32, epochs=4, batch_size=12, refine=False, coarse_epochs=1)
     kw["min_sensitivity"] = 0.0
     ckpt = tmp_path / "c.pt"
-    proc = _python(KILLED_FIT, json.dumps(kw), ckpt, 2)
+    proc = _python(KILLED_FIT, json.dumps(kw), ckpt, 2, torch.get_num_threads())
     proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL
     assert len(json.loads(torch.load(ckpt, weights_only=True)["history"])) == 2
