@@ -72,7 +72,8 @@ over batches of each batch's median positive resampled value). The scaled
 values are divided by one global :attr:`DiffractionInputs.intensity_scale`,
 the 99.9th percentile of the scaled mean (linear) resampled pattern. The mean
 is over every pattern of a scan that fits the cache (``cache_mb``), else over
-4096 patterns spread evenly over the scan (:meth:`DiffractionInputs.stats_indices`).
+whole scan rows spread evenly over it, at least 4096 patterns
+(:meth:`DiffractionInputs.stats_indices`).
 """
 
 from __future__ import annotations
@@ -562,9 +563,10 @@ class DiffractionInputs:
             construction pass fills the cache and later batches are served
             from it instead of reading and resampling the DataCube again (the
             same values, bit for bit). Larger scans are streamed, and their
-            construction pass reads only the 4096 spread patterns of
-            :meth:`stats_indices`; ``0`` never caches. A cached object is a
-            snapshot: later changes to the DataCube's data are not seen.
+            construction pass reads only the spread rows of
+            :meth:`stats_indices` (at least 4096 patterns); ``0`` never
+            caches. A cached object is a snapshot: later changes to the
+            DataCube's data are not seen.
         units : str, optional
             The Q units ``q_max`` and ``ring`` are given in (a fitted model's
             units): a DataCube calibrated in other units is refused
@@ -612,18 +614,18 @@ class DiffractionInputs:
 
         A scan whose resampled patterns fit in ``cache_mb`` MB uses every
         pattern (it is read once anyway, to fill the cache). A larger scan
-        uses :data:`STATS_PATTERNS` patterns spread evenly over it, so that
-        it is not read twice in full (the statistics pass would otherwise
-        cost as much as the prediction's own pass).
+        uses whole scan rows spread evenly over it, at least
+        :data:`STATS_PATTERNS` patterns, so that it is not read twice in
+        full (the statistics pass would otherwise cost as much as the
+        prediction's own pass; whole rows, because rows are what is read).
         """
         cache_mb = CACHE_MB if cache_mb is None else cache_mb
         if self.n_patterns * self.size**2 * 4 <= cache_mb * 1e6:
             return None
-        if self.n_patterns <= STATS_PATTERNS:
-            return np.arange(self.n_patterns)
-        return np.unique(
-            np.linspace(0, self.n_patterns - 1, STATS_PATTERNS).round().astype(int)
-        )
+        Rx, Ry = self.scan_shape
+        k = min(Rx, -(-STATS_PATTERNS // Ry))
+        rows = np.unique(np.linspace(0, Rx - 1, k).round().astype(np.int64))
+        return (rows[:, None] * Ry + np.arange(Ry)[None]).ravel()
 
     @classmethod
     def plan(
