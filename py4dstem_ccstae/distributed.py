@@ -86,6 +86,11 @@ class _RowSlice:
 
 
 # -------------------------------------------------------------- block tasks
+def _in_rows(flat: np.ndarray, r0: int, r1: int, Ry: int) -> np.ndarray:
+    """The flat scan indices of ``flat`` in rows ``r0:r1``, relative to row ``r0``."""
+    return flat[(flat >= r0 * Ry) & (flat < r1 * Ry)] - r0 * Ry
+
+
 def _block_origin(source: _Source, r0: int, r1: int, radius: float, block=None):
     """Measured (unfitted) origins of rows ``r0:r1``, (rows * Ry, 2)."""
     from .adapters import _measure_patterns
@@ -103,9 +108,7 @@ def _block_stats(source: _Source, r0: int, r1: int, plan, subset, block=None) ->
     inputs = plan.rows(r0, r1, source.rows(r0, r1, block))
     if subset is None:
         return inputs.accumulate()
-    Ry = plan.scan_shape[1]
-    local = subset[(subset >= r0 * Ry) & (subset < r1 * Ry)] - r0 * Ry
-    return inputs.accumulate(local)
+    return inputs.accumulate(_in_rows(subset, r0, r1, plan.scan_shape[1]))
 
 
 def _block_predict(
@@ -245,10 +248,8 @@ class _Blocks:
 
 def _block_rows_batch(source: _Source, r0: int, r1: int, inputs, flat, block=None):
     """Network inputs of the flat scan indices ``flat`` that lie in rows ``r0:r1``."""
-    Ry = inputs.scan_shape[1]
-    local = flat[(flat >= r0 * Ry) & (flat < r1 * Ry)] - r0 * Ry
     part = inputs.rows(r0, r1, source.rows(r0, r1, block))
-    return part.batch(local)
+    return part.batch(_in_rows(flat, r0, r1, inputs.scan_shape[1]))
 
 
 def training_patterns(

@@ -227,7 +227,7 @@ class CCSTAE:
         fitted = self.fitted_ if fitted is None else fitted
         if isinstance(data, DiffractionInputs):
             if fitted:
-                _check_prepared(data, self.config, fitted)
+                _check_prepared(data, self._input_options(fitted))
             return data
         return DiffractionInputs.from_datacube(
             data, braggvectors, **self._input_options(fitted)
@@ -1353,22 +1353,14 @@ def _spot_coverage(
     ]
 
 
-def _check_prepared(inputs: DiffractionInputs, config: dict, fitted: dict) -> None:
-    """ValueError if prepared inputs do not match a fitted model's geometry."""
-    want = {
-        "units": fitted.get("units"),
-        "size": config["size"],
-        "scaling": config["scaling"],
-        "q_max": fitted.get("q_max"),
-        "ring": fitted.get("ring"),
-    }
-    have = {
-        "units": inputs.units,
-        "size": inputs.size,
-        "scaling": inputs.scaling,
-        "q_max": inputs.q_max,
-        "ring": list(inputs.ring),
-    }
+def _check_prepared(inputs: DiffractionInputs, options: dict) -> None:
+    """ValueError if prepared inputs differ from a model's input ``options``.
+
+    ``options``: :meth:`CCSTAE._input_options` of the fitted state (size,
+    scaling, units, q_max, ring), compared with the inputs' attributes.
+    """
+    want = {k: (list(v) if k == "ring" else v) for k, v in options.items()}
+    have = {k: (list(inputs.ring) if k == "ring" else getattr(inputs, k)) for k in want}
     diff = []
     for k, w in want.items():
         if w is None:
