@@ -29,7 +29,13 @@ from .affine import STRAIN_KEYS, LatticeTransform
 from .io import OutputExistsError, atomic_write, is_emd_file
 from .losses import LOSSES
 from .model import CCSTAENet
-from .spotfit import base_patches, find_spots, pattern_background, refine_spots
+from .spotfit import (
+    base_patches,
+    find_spots,
+    pattern_background,
+    refine_spots,
+    register_spots,
+)
 from .symmetry import lattice_symmetry
 from .train import (
     TrainConfig,
@@ -563,6 +569,7 @@ class CCSTAE:
             for cov in _spot_coverage(inputs, rows_cov, base_spots, radius)
         ]
         self.fitted_ = {
+            "base_frames": _base_frames(base_spots, sym, float(self.config["max_strain"])),
             "q_max": float(inputs.q_max),
             "ring": [float(r) for r in inputs.ring],
             "symmetry": int(sym),
@@ -804,6 +811,7 @@ class CCSTAE:
         *,
         client=None,
         datapath: str | None = None,
+        frame: str = "auto",
         **predict_kw,
     ):
         """Strain, shear and rotation as a py4DSTEM ``RealSlice``.
@@ -815,14 +823,28 @@ class CCSTAE:
             scan is mapped on a dask cluster).
         reference : ndarray of bool (Rx, Ry), optional
             Reference region; ``None``: all positions (py4DSTEM's default).
-            With several bases, each class is relative to the median over its
-            own positions inside ``reference`` (a class with none there: over
-            all its positions, with a warning); the metadata's
-            ``class_reference`` records which. The reference lattice is
-            computed from all positions' transforms after a distributed
-            prediction is gathered, as in one process.
+            The reference lattice is the median over the region (of the
+            positions in the common frame, or of a class's own positions,
+            see ``frame``). It is computed from all positions' transforms
+            after a distributed prediction is gathered, as in one process.
         client, datapath
             As in :meth:`predict`.
+        frame : {"auto", "common", "class"}
+            With several bases: ``"auto"`` (default) and ``"common"`` express
+            every class whose base shows the same lattice as the others
+            (registered at fit: ``fitted_["base_frames"]``, e.g. grains of one
+            crystal or the two sides of a lateral heterostructure) in one
+            common frame, so that they are all relative to the reference
+            region's lattice and a lattice mismatch between classes shows in
+            the map; ``"class"`` makes each class relative to the median over
+            its own positions inside ``reference``. A class whose base shows
+            another lattice (another phase), and with ``"class"`` a class
+            with no position in ``reference``, is relative to its own
+            positions inside ``reference`` (none there: all its positions,
+            with a warning). ``"common"`` raises ValueError when no class in
+            the reference region has a registered frame. The metadata's
+            ``class_reference`` records, per class, the frame and the
+            positions its reference was taken over.
         **predict_kw
             ``refine_transforms``, ``block_rows`` (:meth:`predict`).
 
@@ -836,19 +858,57 @@ class CCSTAE:
         from emdfile import Metadata
         from py4DSTEM import RealSlice
 
+        if frame not in ("auto", "common", "class"):
+            raise ValueError(f"frame must be 'auto', 'common' or 'class', got {frame!r}")
+        self._require_fitted()
         pred = self.predict(data, client=client, datapath=datapath, **predict_kw)
         shape = pred["class"].shape
         given = reference is not None
         if reference is None:
             reference = np.ones(shape, bool)
         reference = check_reference(reference, shape)
-        T = LatticeTransform(pred["A"])
         cls, valid = pred["class"], pred["valid"]
-        # each class is relative to its own reference: the transforms of
-        # different bases are not comparable (different lattices)
         rel = {k: np.full(shape, np.nan) for k in STRAIN_KEYS}
         class_reference = {}
-        for k in np.unique(cls[valid]):
+        # classes whose bases show one lattice: one common frame (the anchor
+        # base's), relative to the reference region's median lattice there
+        frames = self.fitted_.get("base_frames") or [None] * self.net.num_bases
+        present = [int(k) for k in np.unique(cls[valid])]
+        shared = [k for k in present if frames[k] is not None] if frame != "class" else []
+        ref_shared = reference & valid & np.isin(cls, shared)
+        if frame == "common" and not ref_shared.any():
+            raise ValueError(
+                "frame='common': no position of the reference region belongs to a "
+                "class with a registered frame (fitted_['base_frames'])"
+            )
+        if not ref_shared.any():
+            shared = []
+        A = np.array(pred["A"], dtype=np.float64)
+        if shared:
+            in_shared = np.isin(cls, shared) & valid
+            for k in shared:
+                A[(cls == k) & valid] = A[(cls == k) & valid] @ np.asarray(frames[k])
+            Tc = LatticeTransform(A)
+            Tc = Tc.relative_to(Tc.reference_from_mask(ref_shared))
+            if len(shared) > 1:
+                # bases registered at different orientations: the measured
+                # lattice's smallest rotation (strain in the reference's axes)
+                Tc = _reduce_rotation(Tc, int(self.fitted_["symmetry"]))
+            strain_c = Tc.strain()
+            for key in STRAIN_KEYS:
+                rel[key][in_shared] = strain_c[key][in_shared]
+            for k in shared:
+                class_reference[k] = {
+                    "positions": int(ref_shared.sum()),
+                    "source": "reference",
+                    "frame": "common",
+                }
+        T = LatticeTransform(pred["A"])
+        # the other classes are relative to their own reference: their bases
+        # show another lattice, whose transforms are not comparable
+        for k in present:
+            if k in shared:
+                continue
             members = (cls == k) & valid
             ref_k = reference & members
             source = "reference"
@@ -865,7 +925,11 @@ class CCSTAE:
             strain_k = T.relative_to(T.reference_from_mask(ref_k)).strain()
             for key in STRAIN_KEYS:
                 rel[key][members] = strain_k[key][members]
-            class_reference[int(k)] = {"positions": int(ref_k.sum()), "source": source}
+            class_reference[int(k)] = {
+                "positions": int(ref_k.sum()),
+                "source": source,
+                "frame": "own",
+            }
         data_ = np.stack(
             [rel[k] for k in STRAIN_KEYS]
             + [valid.astype(float), cls.astype(float), pred["error"]]
@@ -1260,6 +1324,51 @@ def _find_base_spots(
     found = [find_spots(b, ring_mask, rel_threshold=threshold) for b in bases]
     radii = [r for sp, r, _ in found if sp is not None]
     return [sp for sp, _, _ in found], (min(radii) if radii else None)
+
+
+def _base_frames(base_spots: list, symmetry: int, max_strain: float) -> list:
+    """Every base's lattice relative to the first base with spots (the anchor).
+
+    ``frames[k]`` is ``M_k`` (2 x 2 list) with ``g_k = M_k g_anchor``
+    (:func:`~py4dstem_ccstae.spotfit.register_spots` of the bases' spots), so
+    that a pattern of class ``k`` with transform ``A`` has the lattice
+    ``A @ M_k`` relative to the anchor: one common frame for bases that show
+    one lattice strained or rotated (grains, a lateral heterostructure). None
+    for a base without spots or with another lattice (another phase).
+    """
+    anchor = next((sp for sp in base_spots if sp is not None), None)
+    frames = []
+    for sp in base_spots:
+        if sp is None:
+            frames.append(None)
+        elif sp is anchor:
+            frames.append(np.eye(2).tolist())
+        else:
+            M = register_spots(anchor, sp, symmetry, max_strain)
+            frames.append(None if M is None else np.round(M, 9).tolist())
+    return frames
+
+
+def _reduce_rotation(T: LatticeTransform, symmetry: int) -> LatticeTransform:
+    """``T @ R(2 pi j / symmetry)`` with the smallest rotation, per position.
+
+    A lattice with ``symmetry``-fold rotation symmetry maps onto itself under
+    ``R(2 pi j / n)``, so ``T`` and ``T @ R`` describe the same measured
+    lattice; the one whose rotation lies in ``[-pi / n, pi / n)`` is the one
+    whose strain components are in the reference's axes.
+    """
+    n = max(int(symmetry), 1)
+    A = T.params
+    best, best_abs = A, np.abs(T.strain()["theta"])
+    for j in range(1, n):
+        phi = 2 * np.pi * j / n
+        R = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
+        Aj = A @ R
+        th = np.abs(LatticeTransform(Aj).strain()["theta"])
+        better = th < best_abs
+        best = np.where(better[..., None, None], Aj, best)
+        best_abs = np.where(better, th, best_abs)
+    return LatticeTransform(best)
 
 
 def _lattice_probes(

@@ -74,6 +74,7 @@ MATERIALS = {
     "Si": ("diamond-cubic silicon, a = 5.431 A, [001] zone", 4),
     "MoS2": ("2H-MoS2, a = 3.16 A, c = 12.29 A, [001] zone", 6),
     "WS2": ("2H-WS2, a = 3.153 A, c = 12.32 A, [001] zone", 6),
+    "MoSe2": ("2H-MoSe2, a = 3.288 A, c = 12.93 A, [001] zone", 6),
 }
 
 _FIELDS = ("grains", "gradient", "bend")
@@ -110,8 +111,13 @@ def _crystal(material: str, strain=None):
         positions = np.vstack([fcc, fcc + 0.25])
         numbers_ = np.full(8, 14)
         lat = np.diag([5.431, 5.431, 5.431])
-    elif material in ("MoS2", "WS2"):
-        a, c, zm = (3.16, 12.29, 42) if material == "MoS2" else (3.153, 12.32, 74)
+    elif material in ("MoS2", "WS2", "MoSe2"):
+        # a, c (A), metal and chalcogen atomic numbers
+        a, c, zm, zx = {
+            "MoS2": (3.16, 12.29, 42, 16),
+            "WS2": (3.153, 12.32, 74, 16),
+            "MoSe2": (3.288, 12.93, 42, 34),
+        }[material]
         z = 0.621
         positions = np.array(
             [
@@ -123,7 +129,7 @@ def _crystal(material: str, strain=None):
                 [1 / 3, 2 / 3, 0.5 - z],
             ]
         )
-        numbers_ = np.array([zm, zm, 16, 16, 16, 16])
+        numbers_ = np.array([zm, zm, zx, zx, zx, zx])
         lat = np.array([[a, 0, 0], [-a / 2, a * math.sqrt(3) / 2, 0], [0, 0, c]])
     else:  # pragma: no cover - validated by callers
         raise ValueError(f"material must be one of {sorted(MATERIALS)}, got {material!r}")

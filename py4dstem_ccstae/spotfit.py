@@ -52,6 +52,7 @@ __all__ = [
     "patch_size",
     "refine_spots",
     "pattern_background",
+    "register_spots",
 ]
 
 
@@ -179,6 +180,78 @@ def find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 0
     below = np.nonzero(prof < 0.05 * prof[0])[0] if prof[0] > 0 else np.array([])
     extent = float(below[0]) if below.size else cell
     return spots, min(extent + 1.0, cell), cell
+
+
+def register_spots(
+    anchor: np.ndarray,
+    spots: np.ndarray,
+    symmetry: int,
+    max_strain: float = 0.1,
+    tol: float = 1.0,
+    min_matched: float = 0.6,
+) -> np.ndarray | None:
+    """Lattice matrix ``M`` that maps the spots of one base onto another's.
+
+    ``spots[j] ~ M @ anchor[i]`` for matched pairs ``(i, j)`` (offsets from
+    the pattern centre, model pixels, rows ``(qx, qy)``): ``M`` is the
+    lattice of ``spots`` relative to the lattice of ``anchor``, in the frame
+    of :class:`~py4dstem_ccstae.affine.LatticeTransform` (``g = M g_anchor``).
+
+    Search: every rotation in ``[-180 / symmetry, 180 / symmetry)`` degrees
+    (steps of 0.25 deg; the smallest rotation that the lattice symmetry
+    allows) and isotropic scale in ``[1 / (1 + max_strain), 1 + max_strain]``
+    (steps of 0.5 %) is scored by the number of spots it brings within
+    ``tol`` pixels of a spot of the other base; the best is refined by least
+    squares on the mutually nearest pairs (twice, the second time within
+    ``tol / 2``).
+
+    Returns
+    -------
+    ndarray (2, 2) or None
+        ``M``; None when fewer than ``min_matched`` of the spots of the base
+        with fewer spots (and fewer than 3) are matched, the pairs do not span
+        two directions, or the fitted ``M`` is further than ``max_strain``
+        from a rotation: then the two bases show different lattices (another
+        phase), not one lattice strained or rotated.
+    """
+    a = np.asarray(anchor, float).reshape(-1, 2)
+    b = np.asarray(spots, float).reshape(-1, 2)
+    if len(a) < 3 or len(b) < 3:
+        return None
+    half = np.pi / max(int(symmetry), 1)
+    phis = np.arange(-half, half, np.deg2rad(0.25))
+    lo, hi = 1.0 / (1.0 + max_strain), 1.0 + max_strain
+    scales = np.exp(np.arange(np.log(lo), np.log(hi) + 1e-12, np.log(1.005)))
+    best, best_score = None, -1.0
+    for s in scales:
+        c, si = s * np.cos(phis), s * np.sin(phis)
+        R = np.stack([np.stack([c, -si], -1), np.stack([si, c], -1)], -2)  # (m, 2, 2)
+        moved = np.einsum("mij,nj->mni", R, a)  # (m, n_a, 2)
+        d = np.linalg.norm(moved[:, :, None] - b[None, None], axis=-1).min(-1)
+        score = np.clip(1.0 - d / tol, 0.0, None).sum(-1)
+        k = int(np.argmax(score))
+        if score[k] > best_score:
+            best, best_score = R[k], float(score[k])
+    M = best
+    pairs = np.zeros((0, 2), int)
+    for t in (tol, tol / 2):
+        moved = a @ M.T
+        d = np.linalg.norm(moved[:, None] - b[None], axis=-1)
+        ij = np.argmin(d, 1)
+        ji = np.argmin(d, 0)
+        keep = (ji[ij] == np.arange(len(a))) & (d[np.arange(len(a)), ij] <= t)
+        pairs = np.stack([np.nonzero(keep)[0], ij[keep]], -1)
+        if len(pairs) < 3 or np.linalg.matrix_rank(a[pairs[:, 0]], tol=1e-6) < 2:
+            return None
+        # b = a M^T in rows: least squares for M^T
+        M = np.linalg.lstsq(a[pairs[:, 0]], b[pairs[:, 1]], rcond=None)[0].T
+    if len(pairs) < max(3, min_matched * min(len(a), len(b))):
+        return None
+    # further than max_strain from a rotation: another lattice
+    U = np.linalg.svd(M, compute_uv=False)
+    if U.max() > 1.0 + max_strain or U.min() < 1.0 / (1.0 + max_strain):
+        return None
+    return M
 
 
 def pattern_background(

@@ -1,5 +1,6 @@
 """Several bases (num_bases > 1): phases and vacuum in one scan (simulator and model)."""
 
+import json
 import warnings
 
 import numpy as np
@@ -145,6 +146,12 @@ def test_two_crystals_each_relative_to_its_own_reference(two_crystals, tmp_path)
     np.testing.assert_array_equal(
         rs2.get_slice("e_xx").data[same], rs.get_slice("e_xx").data[same]
     )
+    # Si and MoS2 are two lattices: MoS2's base is not registered to Si's,
+    # each phase keeps its own frame
+    frames = model.fitted_["base_frames"]
+    assert frames[k0] is not None and frames[k1] is None
+    meta = json.loads(rs.metadata["ccstae"]["class_reference"])
+    assert meta[str(k1)]["frame"] == "own"
     # save/load keeps the per-base spots and patches
     path = model.save(tmp_path / "two.h5")
     loaded = CCSTAE.load(path)
@@ -203,3 +210,48 @@ def test_command_line_report_lists_every_base(vacuum_model, capsys):
     k_vac = per_base.index(None)
     assert f"base {k_vac}: none (invalid)" in text
     assert f"base {1 - k_vac}: {len(per_base[1 - k_vac])}" in text
+
+
+def test_heterostructure_mismatch_in_the_reference_frame():
+    """Two lattices 4 % apart (MoS2 | MoSe2): the common frame reports the mismatch.
+
+    The reference lies in MoS2; MoSe2's lattice relative to it is its own
+    (strain of its grains) scaled by a_MoS2 / a_MoSe2 = 3.16 / 3.288
+    (real-space strain +4.05 %). With ``frame="class"`` each class is
+    relative to itself and the mismatch disappears.
+    """
+    from py4dstem_ccstae.affine import LatticeTransform
+    from py4dstem_ccstae.simulate import truth_transform
+
+    dc, truth = phase_mixture(
+        (16, 16), (96, 96), materials=("MoS2", "MoSe2"), num_grains=3, radius=0.3
+    )
+    phase = truth.get_slice("phase").data.astype(int)
+    ref = truth.get_slice("reference").data.astype(bool) & (phase == 0)
+    A = truth_transform(truth).params.copy()
+    A[phase == 1] *= 3.16 / 3.288
+    T = LatticeTransform(A)
+    true = T.relative_to(T.reference_from_mask(ref)).strain()
+    model = _fit(dc)
+    frames = model.fitted_["base_frames"]
+    assert sum(f is not None for f in frames) == 2  # one lattice, both bases
+    rs = model.strain_map(dc, reference=ref)
+    mism = np.median(true["e_xx"][phase == 1])
+    assert 0.035 < mism < 0.045
+    for k in KEYS:
+        err = np.abs(rs.get_slice(k).data - true[k])
+        assert err[phase == 0].mean() < 1.5e-3, k
+        assert err[phase == 1].mean() < 2e-3, k
+    meta = json.loads(rs.metadata["ccstae"]["class_reference"])
+    assert {m["frame"] for m in meta.values()} == {"common"}
+    # per-class frames: the class without reference positions is relative
+    # to itself (its median strain is ~0, not the mismatch)
+    cls = rs.get_slice("class").data.astype(int)
+    lone = [k for k in np.unique(cls) if not (ref & (cls == k)).any()]
+    if lone:
+        with pytest.warns(UserWarning, match="no position of class"):
+            rc = model.strain_map(dc, reference=ref, frame="class")
+        k = lone[0]
+        assert abs(np.median(rc.get_slice("e_xx").data[cls == k])) < 5e-3
+    with pytest.raises(ValueError, match="frame"):
+        model.strain_map(dc, reference=ref, frame="lab")
