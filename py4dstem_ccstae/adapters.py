@@ -35,7 +35,7 @@ detector location (row, column; pixel ``k`` centred at coordinate ``k``)::
     p = origin(rx, ry) + inv(C) @ q
 
 with ``C = detector_matrix(q_pixel_size, ellipse, QR_rotation, QR_flip)``
-(:func:`py4dstem_ccstae.simulate.detector_matrix`, py4DSTEM's calibration order
+(:func:`py4dstem_ccstae.calibration.detector_matrix`, py4DSTEM's calibration order
 origin -> ellipse -> pixel size -> Q/R rotation). Every calibration is undone,
 so ``qx`` of the output is parallel to the scan axis ``Rx`` and a lattice
 vector ``g`` (A^-1) of the calibrated frame appears at output pixel
@@ -90,7 +90,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from ._validation import check_datacube, check_number
-from .simulate import detector_matrix
+from .calibration import detector_matrix
 
 __all__ = ["DiffractionInputs", "SCALINGS"]
 

@@ -361,7 +361,13 @@ class CCSTAE:
                 return np.sort(rng.choice(n_all, MAX_TRAIN_PATTERNS, replace=False))
             return np.arange(n_all)
 
-        if client is not None or isinstance(data, (str, os.PathLike)):
+        if client is None and isinstance(data, (str, os.PathLike)):
+            # one process: the file opened lazily and read as a DataCube
+            # (a scan that fits the cache is read once)
+            from .io import open_datacube
+
+            data, datapath = open_datacube(data, datapath), None
+        if client is not None:
             from .distributed import training_patterns
 
             inputs, train_idx, X = training_patterns(
@@ -621,8 +627,11 @@ class CCSTAE:
         data : py4DSTEM.DataCube, DiffractionInputs, str or PathLike
             The scan. A path is an EMD file (``datapath`` selects the
             DataCube when it holds several) or a raw file that
-            ``py4DSTEM.import_file`` memory-maps; it is read lazily, one
-            block of rows at a time.
+            ``py4DSTEM.import_file`` memory-maps; it is read lazily (in this
+            process as a DataCube whose data stay on disk: a scan that fits
+            the inputs' cache is read once, a larger one streamed in
+            batches; with ``client`` or ``block_rows``, one block of rows at
+            a time).
         refine_transforms : bool, optional
             Run the per-pattern refinement (default: the ``refine`` option).
         client : distributed.Client, optional
@@ -633,7 +642,8 @@ class CCSTAE:
         datapath : str, optional
             The DataCube inside an EMD file ``data``.
         block_rows : int, optional
-            Scan rows per block (path or ``client``); default ``4096 // Ry``.
+            Scan rows per block (``client``, or a path read block by block in
+            this process); default ``4096 // Ry``.
 
         Returns
         -------
@@ -654,6 +664,12 @@ class CCSTAE:
         from .losses import cycle_losses
 
         self._require_fitted()
+        if client is None and block_rows is None and isinstance(data, (str, os.PathLike)):
+            # one process: the file opened lazily and read as a DataCube (a
+            # scan that fits the cache is read once, a larger one streamed)
+            from .io import open_datacube
+
+            data, datapath = open_datacube(data, datapath), None
         if client is not None or isinstance(data, (str, os.PathLike)):
             from .distributed import predict_blocks
 

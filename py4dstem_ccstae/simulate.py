@@ -54,6 +54,7 @@ from scipy.special import erfc
 
 from ._validation import check_number, check_seed, check_shape2
 from .affine import LatticeTransform
+from .calibration import detector_matrix
 from .noise import add_background_noise, add_poisson_noise
 
 __all__ = [
@@ -174,41 +175,6 @@ def material_spots(material: str, k_max: float) -> dict:
     keep = np.hypot(g[:, 0], g[:, 1]) > 1e-9
     g, hkl, inten = g[keep], hkl[keep], np.asarray(d["intensity"], float)[keep]
     return {"g": g, "intensity": inten / inten.max(), "hkl": hkl}
-
-
-# --------------------------------------------------------------------- detector
-def ellipse_matrix(a: float, b: float, theta: float) -> np.ndarray:
-    """py4DSTEM's ellipse correction matrix for calibration ``(a, b, theta)``.
-
-    Maps a measured (elliptical) origin-centred pixel vector to the circular
-    frame, exactly as ``BraggVectors.cal`` does (``e = b / a``, axis angle
-    ``theta - pi/2``).
-    """
-    e = b / a
-    s, c = math.sin(theta - math.pi / 2), math.cos(theta - math.pi / 2)
-    return np.array(
-        [[e * s * s + c * c, s * c * (1 - e)], [s * c * (1 - e), s * s + e * c * c]]
-    )
-
-
-def detector_matrix(
-    q_pixel_size: float,
-    ellipse: tuple[float, float, float] | None = None,
-    qr_rotation: float = 0.0,
-    qr_flip: bool = False,
-) -> np.ndarray:
-    """Matrix ``C`` from detector pixel offsets to calibrated A^-1 vectors.
-
-    ``q_cal = C @ (p - origin)`` with ``p = (qx_pixel, qy_pixel)`` (row,
-    column), following py4DSTEM's order: ellipse, pixel size, Q/R rotation
-    (radians, counter-clockwise from +qx toward +qy), flip (swaps qx, qy before
-    rotating).
-    """
-    C = q_pixel_size * (ellipse_matrix(*ellipse) if ellipse is not None else np.eye(2))
-    if qr_flip:
-        C = np.array([[0.0, 1.0], [1.0, 0.0]]) @ C
-    c, s = math.cos(qr_rotation), math.sin(qr_rotation)
-    return np.array([[c, -s], [s, c]]) @ C
 
 
 # ---------------------------------------------------------------- microstructure

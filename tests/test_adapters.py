@@ -351,7 +351,7 @@ def _braggvectors(dc, truth, Rshape=None):
     import py4DSTEM
     from emdfile import PointListArray
 
-    from py4dstem_ccstae.simulate import detector_matrix
+    from py4dstem_ccstae.calibration import detector_matrix
 
     cal = dc.calibration
     Rx, Ry, Qx, Qy = dc.data.shape

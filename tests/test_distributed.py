@@ -80,6 +80,34 @@ def test_a_path_is_read_lazily_in_blocks_with_the_same_result(model, scan, expec
         model.predict(path.with_name("missing.h5"))
 
 
+def test_a_small_file_is_read_once_in_one_process(model, scan, expected, monkeypatch):
+    # without a client a path is opened lazily and read as a DataCube: a scan
+    # that fits the cache is read once (statistics and cache in one pass)
+    import py4dstem_ccstae.io as io
+
+    dc, path = scan
+    opened = io.open_datacube
+    read = {"values": 0}
+
+    class Counting:
+        def __init__(self, data):
+            self._data = data
+            self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+        def __getitem__(self, key):
+            out = self._data[key]
+            read["values"] += np.size(out)
+            return out
+
+    def counting_open(*args, **kwargs):
+        cube = opened(*args, **kwargs)
+        return py4DSTEM.DataCube(data=Counting(cube.data), calibration=cube.calibration)
+
+    monkeypatch.setattr(io, "open_datacube", counting_open)
+    _same(model.predict(path), expected)
+    assert read["values"] == np.size(dc.data)
+
+
 def test_an_uncalibrated_origin_is_measured_on_blocks_as_in_one_process(
     model, scan, tmp_path
 ):
