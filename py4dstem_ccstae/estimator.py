@@ -66,6 +66,7 @@ DEFAULT_CONFIG = dict(
     refine_steps=6,
     refine_size=None,
     background="radial",
+    spot_texture="fixed",
     spot_threshold=0.05,
     mask_schedule=False,
     coarse_sigma=3.0,
@@ -114,6 +115,9 @@ def _check_option(name: str, value, integer: bool, low: float, low_open: bool) -
 
 #: Static-background models of the refinement (option ``background``).
 BACKGROUNDS = ("none", "radial")
+
+#: Spot models of the prediction's refinement (``spot_texture``; spotfit.refine_spots).
+SPOT_TEXTURES = ("fixed", "ramp")
 
 #: Largest training set; larger scans train on a fixed random subset.
 MAX_TRAIN_PATTERNS = 16384
@@ -167,6 +171,8 @@ class CCSTAE:
         ``refine_steps`` (maximum Gauss-Newton iterations of the refinement),
         ``refine_size`` (pattern size of the refinement, px), ``background``
         (static background removed by the refinement: ``"radial"|"none"``),
+        ``spot_texture`` (``"fixed"|"ramp"``: the prediction's refinement
+        model of each spot, :func:`~py4dstem_ccstae.spotfit.refine_spots`),
         ``spot_threshold`` (weakest spot of the base used, relative to the
         brightest; :func:`~py4dstem_ccstae.spotfit.find_spots`),
         ``epoch_size`` (patterns per epoch), ``mask_schedule`` (the paper's
@@ -205,6 +211,11 @@ class CCSTAE:
         if self.config["spot_threshold"] >= 1:
             raise ValueError(
                 f"spot_threshold must be in (0, 1), got {self.config['spot_threshold']!r}"
+            )
+        if self.config["spot_texture"] not in SPOT_TEXTURES:
+            raise ValueError(
+                f"spot_texture must be one of {SPOT_TEXTURES}, got "
+                f"{self.config['spot_texture']!r}"
             )
         bg = self.config["background"]
         if bg not in BACKGROUNDS:
@@ -762,6 +773,7 @@ class CCSTAE:
                     r_radius,
                     iterations=int(self.config["refine_steps"]),
                     background=background,
+                    texture=self.config.get("spot_texture", "fixed"),
                 ).values():
                     Ab[rows], err[rows], todo[rows] = out["A"], out["error"], False
                     # a pattern that shows none of its base's spots (vacuum,

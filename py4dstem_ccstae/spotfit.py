@@ -429,6 +429,7 @@ def refine_spots(
     realign: bool = False,
     background: torch.Tensor | None = None,
     tol: float = 1e-4,
+    texture: str = "fixed",
 ) -> dict[str, torch.Tensor]:
     """Refine base -> input transforms spot by spot (Gauss-Newton, module docs).
 
@@ -472,6 +473,15 @@ def refine_spots(
         max |p| + sum |dt|``); ``0`` runs every pattern for ``iterations``.
         A step of 1e-4 px changes strain by at most ``1e-4 / max |p|`` (a
         few 1e-6 at 64x64).
+    texture : {"fixed", "ramp"}
+        ``"fixed"``: each input spot is ``a_k * shift(B_k) + b_k`` (one gain
+        and offset per spot). ``"ramp"``: the gain varies linearly across the
+        spot, ``(a_k + c_k u / radius + d_k v / radius) * shift(B_k) + b_k``
+        (``(u, v)`` pixels from the patch centre; four numbers per spot,
+        solved in closed form), which absorbs a texture inside the disk that
+        brightens one side (a thickness change in a dynamical pattern) at the
+        price of some of the information the disk interior carries about its
+        position (``docs/configuration.md#spot_texture``).
 
     Returns
     -------
@@ -485,6 +495,8 @@ def refine_spots(
         the base's lattice, near 0.05 where it shows none: vacuum, a blank
         pattern); with ``realign``, ``patches``.
     """
+    if texture not in ("fixed", "ramp"):
+        raise ValueError(f"texture must be 'fixed' or 'ramp', got {texture!r}")
     dev = patches.device
     dt = torch.float32
     N, S, _ = X.shape
@@ -502,6 +514,9 @@ def refine_spots(
     u = torch.arange(P, dtype=dt, device=dev) - P // 2
     inner = ((u[:, None] ** 2 + u[None, :] ** 2) <= radius**2).flatten()
     D = torch.nonzero(inner)[:, 0]  # compared pixels of a patch (flat indices)
+    # texture="ramp": patch coordinates of the compared pixels, in radii
+    ur = u[:, None].expand(P, P).flatten()[D] / radius
+    vr = u[None, :].expand(P, P).flatten()[D] / radius
     b_int = torch.round(p64 + c)
     f_base = p64 + c - b_int  # spot centre within its patch, from the patch centre
     K = patches.shape[0]
@@ -569,23 +584,41 @@ def refine_spots(
             wa, Ipa, gxa, gya, wsa, mia = (
                 _take(t, rows) for t in (w, Ip, gx, gy, wsum, mi)
             )
-            # per-spot gain and offset (closed form, weighted)
-            ms = (wa * Sv).sum(-1) / wsa
-            dS = Sv - ms[..., None]
-            cov = (wa * dS * (Ipa - mia[..., None])).sum(-1)
-            var = (wa * dS * dS).sum(-1).clamp_min(1e-12)
-            a = (cov / var).clamp_min(0.05)
-            b = mia - a * ms
-            r = a[..., None] * Sv + b[..., None] - Ipa
-            # d r / d s = -a * grad(S)
-            wa2 = wa * (a * a)[..., None]
+            if texture == "fixed":
+                # per-spot gain and offset (closed form, weighted)
+                ms = (wa * Sv).sum(-1) / wsa
+                dS = Sv - ms[..., None]
+                cov = (wa * dS * (Ipa - mia[..., None])).sum(-1)
+                var = (wa * dS * dS).sum(-1).clamp_min(1e-12)
+                a = (cov / var).clamp_min(0.05)
+                b = mia - a * ms
+                gain_field = a[..., None]
+            else:
+                # gain (a, c, d: linear across the spot) and offset b per spot:
+                # weighted least squares on the columns S, u S, v S, 1
+                Z = torch.stack([Sv, ur * Sv, vr * Sv, torch.ones_like(Sv)], -1)
+                ZW = Z * wa[..., None]
+                normal = ZW.transpose(-1, -2) @ Z  # (B, n, 4, 4)
+                normal = normal + 1e-9 * torch.eye(4, dtype=dt, device=dev)
+                rhs = (ZW * Ipa[..., None]).sum(-2)[..., None]
+                coef = torch.linalg.solve(normal, rhs)[..., 0]
+                a = coef[..., 0].clamp_min(0.05)
+                b = coef[..., 3]
+                slope = coef[..., 1, None] * ur + coef[..., 2, None] * vr
+                gain_field = a[..., None] + slope
+            r = gain_field * Sv + b[..., None] - Ipa
+            # d r / d s = -g * grad(S), g the gain (field) of the spot
+            if texture == "fixed":
+                wa2 = wa * (a * a)[..., None]
+            else:
+                wa2 = wa * gain_field * gain_field
             Gxx = (wa2 * gxa * gxa).sum(-1)
             Gxy = (wa2 * gxa * gya).sum(-1)
             Gyy = (wa2 * gya * gya).sum(-1)
             G2 = torch.stack(
                 [torch.stack([Gxx, Gxy], -1), torch.stack([Gxy, Gyy], -1)], -2
             ).to(torch.float64)  # (B, n, 2, 2)
-            war = wa * r * (-a[..., None])
+            war = wa * r * (-gain_field)
             e = torch.stack([(war * gxa).sum(-1), (war * gya).sum(-1)], -1).to(
                 torch.float64
             )  # (B, n, 2)
