@@ -586,7 +586,9 @@ class CCSTAE:
             for cov in _spot_coverage(inputs, rows_cov, base_spots, radius)
         ]
         self.fitted_ = {
-            "base_frames": _base_frames(base_spots, sym, float(self.config["max_strain"])),
+            "base_frames": _base_frames(
+                self.net, base_spots, radius, sym, float(self.config["max_strain"])
+            ),
             "q_max": float(inputs.q_max),
             "ring": [float(r) for r in inputs.ring],
             "symmetry": int(sym),
@@ -1354,26 +1356,59 @@ def _find_base_spots(
     return [sp for sp, _, _ in found], (min(radii) if radii else None)
 
 
-def _base_frames(base_spots: list, symmetry: int, max_strain: float) -> list:
+def _base_frames(
+    net: CCSTAENet, base_spots: list, radius: float | None, symmetry: int, max_strain: float
+) -> list:
     """Every base's lattice relative to the first base with spots (the anchor).
 
-    ``frames[k]`` is ``M_k`` (2 x 2 list) with ``g_k = M_k g_anchor``
-    (:func:`~py4dstem_ccstae.spotfit.register_spots` of the bases' spots), so
-    that a pattern of class ``k`` with transform ``A`` has the lattice
-    ``A @ M_k`` relative to the anchor: one common frame for bases that show
-    one lattice strained or rotated (grains, a lateral heterostructure). None
-    for a base without spots or with another lattice (another phase).
+    ``frames[k]`` is ``M_k`` (2 x 2 list) with ``g_k = M_k g_anchor``, so that
+    a pattern of class ``k`` with transform ``A`` has the lattice ``A @ M_k``
+    relative to the anchor: one common frame for bases that show one lattice
+    strained or rotated (grains, a lateral heterostructure). None for a base
+    without spots or with another lattice (another phase).
+
+    The bases' spots are matched first
+    (:func:`~py4dstem_ccstae.spotfit.register_spots`); ``M_k`` is then refined
+    as the per-pattern refinement measures a pattern: the anchor base's spot
+    patches moved rigidly onto base ``k``'s image
+    (:func:`~py4dstem_ccstae.spotfit.refine_spots`, static background
+    removed), so that it relates the disks' positions rather than their
+    centres of mass, which the texture inside each disk shifts.
     """
-    anchor = next((sp for sp in base_spots if sp is not None), None)
-    frames = []
-    for sp in base_spots:
-        if sp is None:
-            frames.append(None)
-        elif sp is anchor:
-            frames.append(np.eye(2).tolist())
-        else:
-            M = register_spots(anchor, sp, symmetry, max_strain)
-            frames.append(None if M is None else np.round(M, 9).tolist())
+    anchor = next((k for k, sp in enumerate(base_spots) if sp is not None), None)
+    frames: list = [None] * len(base_spots)
+    if anchor is None:
+        return frames
+    frames[anchor] = np.eye(2).tolist()
+    bases = net.bases.detach().to("cpu", torch.float32)
+    background = getattr(net, "refine_background", None)
+    if background is not None:
+        bases = bases - background.to("cpu", torch.float32)
+    p0 = base_spots[anchor]
+    patches = None
+    for k, sp in enumerate(base_spots):
+        if sp is None or k == anchor:
+            continue
+        M = register_spots(p0, sp, symmetry, max_strain)
+        if M is not None and radius:
+            if patches is None:
+                patches = base_patches(bases[anchor : anchor + 1], p0, radius)
+            out = refine_spots(
+                bases[k, :1],
+                patches,
+                torch.zeros(1, dtype=torch.long),
+                torch.as_tensor(M, dtype=torch.float64)[None],
+                p0,
+                radius,
+                iterations=30,
+                tol=1e-6,
+            )
+            refined = out["A"][0].numpy()
+            # refined to a lattice no further than max_strain: keep it
+            sv = np.linalg.svd(refined, compute_uv=False)
+            if np.isfinite(refined).all() and sv.max() < 1 + max_strain:
+                M = refined
+        frames[k] = None if M is None else np.round(M, 9).tolist()
     return frames
 
 
