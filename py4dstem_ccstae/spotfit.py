@@ -476,9 +476,11 @@ def refine_spots(
     texture : {"fixed", "ramp"}
         ``"fixed"``: each input spot is ``a_k * shift(B_k) + b_k`` (one gain
         and offset per spot). ``"ramp"``: the gain varies linearly across the
-        spot, ``(a_k + c_k u / radius + d_k v / radius) * shift(B_k) + b_k``
-        (``(u, v)`` pixels from the patch centre; four numbers per spot,
-        solved in closed form), which absorbs a texture inside the disk that
+        spot, ``(a_k + c_k u' + d_k v') * shift(B_k) + b_k`` (``(u', v')`` =
+        pixels from the patch centre / radius; four numbers per spot, solved
+        in closed form, the motion's Jacobian projected orthogonal to them;
+        ``B_k`` less the median of its patch border, so that a ramp does not
+        tilt the level around the disk), which absorbs a texture inside the disk that
         brightens one side (a thickness change in a dynamical pattern) at the
         price of some of the information the disk interior carries about its
         position (``docs/configuration.md#spot_texture``).
@@ -541,6 +543,11 @@ def refine_spots(
 
     # background: the mean over the patch border, removed before tapering
     bg = (Bp * edge).sum((-1, -2), keepdim=True) / edge.sum()
+    if texture == "ramp":
+        # the median of the border: a neighbouring disk that reaches the
+        # border does not lift the level the gain ramp multiplies
+        border = Bp.flatten(-2)[..., torch.nonzero(edge.flatten())[:, 0]]
+        bg = border.median(-1).values[..., None, None]
     FB = torch.fft.rfft2((Bp - bg) * taper)  # (K, n, P, P // 2 + 1)
     acc = torch.zeros_like(Bp)
     cnt = torch.zeros(K, n, 1, 1, dtype=dt, device=dev)
@@ -603,18 +610,26 @@ def refine_spots(
                 rhs = (ZW * Ipa[..., None]).sum(-2)[..., None]
                 coef = torch.linalg.solve(normal, rhs)[..., 0]
                 a = coef[..., 0].clamp_min(0.05)
-                b = coef[..., 3]
                 slope = coef[..., 1, None] * ur + coef[..., 2, None] * vr
                 gain_field = a[..., None] + slope
+                b = coef[..., 3]
             r = gain_field * Sv + b[..., None] - Ipa
             # d r / d s = -g * grad(S), g the gain (field) of the spot
             if texture == "fixed":
                 wa2 = wa * (a * a)[..., None]
+                Gxx = (wa2 * gxa * gxa).sum(-1)
+                Gxy = (wa2 * gxa * gya).sum(-1)
+                Gyy = (wa2 * gya * gya).sum(-1)
             else:
-                wa2 = wa * gain_field * gain_field
-            Gxx = (wa2 * gxa * gxa).sum(-1)
-            Gxy = (wa2 * gxa * gya).sum(-1)
-            Gyy = (wa2 * gya * gya).sum(-1)
+                # variable projection: the part of the spot's motion that the
+                # gain ramp cannot mimic (the Jacobian columns projected
+                # orthogonal to the linear columns, weighted); without it the
+                # ramp's correlation with the motion slows Gauss-Newton down
+                Jm = torch.stack([gain_field * gxa, gain_field * gya], -1)  # (B,n,D,2)
+                ZWJ = ZW.transpose(-1, -2) @ Jm  # (B, n, 4, 2)
+                Jp = Jm - Z @ torch.linalg.solve(normal, ZWJ)
+                Gp = (Jp * wa[..., None]).transpose(-1, -2) @ Jp  # (B, n, 2, 2)
+                Gxx, Gxy, Gyy = Gp[..., 0, 0], Gp[..., 0, 1], Gp[..., 1, 1]
             G2 = torch.stack(
                 [torch.stack([Gxx, Gxy], -1), torch.stack([Gxy, Gyy], -1)], -2
             ).to(torch.float64)  # (B, n, 2, 2)

@@ -767,3 +767,54 @@ def test_a_base_without_spots_warns_and_maps_nothing_as_valid(data):
     rs = model.strain_map(dc, reference=ref)
     assert (rs.get_slice("mask").data == 0).all()
     assert np.isnan(rs.get_slice("e_xx").data).all()
+
+
+def _render_disks(S, g, A, radius=3.5, tilt=0.0):
+    """Sharp disks at ``A g`` whose brightness rises by ``tilt`` across each disk
+    along its own radial direction (as a thickness change tilts a CBED disk's
+    texture)."""
+    from scipy.special import erfc
+
+    c = (S - 1) / 2
+    xx, yy = np.mgrid[:S, :S].astype(float)
+    out = np.zeros((S, S))
+    for q in g @ A.T:
+        du, dv = xx - c - q[0], yy - c - q[1]
+        disk = 0.5 * erfc((np.hypot(du, dv) - radius) / 0.6)
+        radial = (du * q[0] + dv * q[1]) / (np.hypot(*q) * radius)
+        out += disk * (1.0 + tilt * radial)
+    return out
+
+
+def test_ramp_texture_follows_a_tilted_disk_texture():
+    # disks brighter on their outer side than the base's: one gain per spot
+    # reads the brightness shift as a dilatation, a gain ramp does not
+    S = 64
+    g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
+    r = np.hypot(*g.T)
+    g = g[(r > 8) & (r < 26)]
+    truth = [(0.01, -0.005, 0.004, 0.03), (-0.008, 0.012, -0.006, -0.02)]
+    A = np.stack([LatticeTransform.from_strain(*t).params for t in truth])
+    X = torch.tensor(
+        np.stack([_render_disks(S, g, a, tilt=0.3) for a in A]), dtype=torch.float32
+    )
+    base = _render_disks(S, g, np.eye(2))
+    spots = spot_centres(base, np.round(g), 5.0)
+    P = base_patches(torch.tensor(base, dtype=torch.float32)[None, None], spots, 5.0)
+    cls = torch.zeros(len(A), dtype=torch.long)
+    err = {}
+    for texture in ("fixed", "ramp"):
+        out = refine_spots(
+            X, P, cls, torch.tensor(A), spots, 5.0, iterations=20, texture=texture
+        )
+        err[texture] = max(
+            abs(LatticeTransform(out["A"][i].numpy()).strain()[k] - v)
+            for i, t in enumerate(truth)
+            for k, v in zip(("e_xx", "e_yy", "e_xy", "theta"), t, strict=True)
+        )
+    assert err["fixed"] > 1e-3  # the brighter outer edge reads as a dilatation
+    assert err["ramp"] < 0.2 * err["fixed"]
+    with pytest.raises(ValueError, match="texture"):
+        refine_spots(X, P, cls, torch.tensor(A), spots, 5.0, texture="quadratic")
+    with pytest.raises(ValueError, match="spot_texture"):
+        CCSTAE(spot_texture="ramp2")
