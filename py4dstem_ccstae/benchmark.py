@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .affine import STRAIN_KEYS
+
 __all__ = [
     "BenchmarkResult",
     "DYNAMICAL_LEVELS",
@@ -101,7 +103,7 @@ OUTPUT_FILES = {
 }
 
 METHODS = ("CC-ST-AE", "py4DSTEM")
-KEYS = ("e_xx", "e_yy", "e_xy", "theta")
+KEYS = STRAIN_KEYS
 _MAE = {k: ("mae_theta_deg" if k == "theta" else f"mae_{k}") for k in KEYS}
 
 

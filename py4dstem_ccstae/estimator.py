@@ -1382,24 +1382,31 @@ def _base_frames(
     frames[anchor] = np.eye(2).tolist()
     bases = net.bases.detach().to("cpu", torch.float32)
     background = getattr(net, "refine_background", None)
+    f = 1.0
     if background is not None:
+        # the background is stored at the refinement's size (refine_size):
+        # register there (M is a ratio of lattices, the same at any size)
+        size = int(background.shape[-1])
+        if size != bases.shape[-1]:
+            f = size / bases.shape[-1]
+            bases = _resize_bases(bases, size)
         bases = bases - background.to("cpu", torch.float32)
-    p0 = base_spots[anchor]
+    p0 = base_spots[anchor] * f
     patches = None
     for k, sp in enumerate(base_spots):
         if sp is None or k == anchor:
             continue
-        M = register_spots(p0, sp, symmetry, max_strain)
+        M = register_spots(base_spots[anchor], sp, symmetry, max_strain)
         if M is not None and radius:
             if patches is None:
-                patches = base_patches(bases[anchor : anchor + 1], p0, radius)
+                patches = base_patches(bases[anchor : anchor + 1], p0, radius * f)
             out = refine_spots(
                 bases[k, :1],
                 patches,
                 torch.zeros(1, dtype=torch.long),
                 torch.as_tensor(M, dtype=torch.float64)[None],
                 p0,
-                radius,
+                radius * f,
                 iterations=30,
                 tol=1e-6,
             )

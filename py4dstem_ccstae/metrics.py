@@ -1,12 +1,12 @@
-"""Errors of strain maps against ground truth (numpy only)."""
+"""Errors of strain maps against ground truth (numpy; the strain keys of affine)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["strain_errors", "wrap_angle"]
+from .affine import STRAIN_KEYS as KEYS
 
-KEYS = ("e_xx", "e_yy", "e_xy", "theta")
+__all__ = ["strain_errors", "wrap_angle"]
 
 
 def wrap_angle(delta: np.ndarray, symmetry: int = 1) -> np.ndarray:

@@ -53,7 +53,7 @@ import numpy as np
 from scipy.special import erfc
 
 from ._validation import check_number, check_seed, check_shape2
-from .affine import LatticeTransform
+from .affine import STRAIN_KEYS, LatticeTransform
 from .calibration import detector_matrix
 from .noise import add_background_noise, add_poisson_noise
 
@@ -206,9 +206,7 @@ def _microstructure(
     gs = np.zeros((num_grains, 4))
     gs[1:, :3] = rng.uniform(-strain_range, strain_range, size=(num_grains - 1, 3))
     gs[1:, 3] = rng.uniform(rotation_range[0], rotation_range[1], size=num_grains - 1)
-    strain = {
-        k: gs[grain, i].copy() for i, k in enumerate(("e_xx", "e_yy", "e_xy", "theta"))
-    }
+    strain = {k: gs[grain, i].copy() for i, k in enumerate(STRAIN_KEYS)}
 
     ref = grain == 0
     u = (xx / Rx) - 0.5
@@ -680,7 +678,7 @@ def polycrystal(
     beta = truth_T.beta
     truth = RealSlice(
         data=np.stack(
-            [s[k] for k in ("e_xx", "e_yy", "e_xy", "theta")]
+            [s[k] for k in STRAIN_KEYS]
             + [np.ones(scan_shape), micro.grain.astype(np.float64), ref.astype(np.float64)]
             + [beta[..., i, j] for i in range(2) for j in range(2)]
         ),

@@ -22,6 +22,7 @@ import torch
 
 from .losses import cycle_losses, strain_hinge
 from .model import CCSTAENet
+from .spotfit import find_spots
 
 __all__ = ["TrainConfig", "fit_network", "encode", "resolve_device"]
 
@@ -565,8 +566,6 @@ def fit_network(
             rec["sigma"] = sigma
         first_shrink = int(math.ceil(config.shrink_start * config.epochs))
         if config.mask_schedule and epoch + 1 >= first_shrink:
-            from .spotfit import find_spots
-
             base0 = net.bases.detach()[0, 0].cpu().numpy()
             spots, radius, cell = find_spots(
                 base0, ring.cpu().numpy() > 0, rel_threshold=config.spot_threshold
