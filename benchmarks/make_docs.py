@@ -12,8 +12,8 @@ results from ``benchmarks/benchmarks_reading.md`` (comparison) and
 (Cramer-Rao bound), ``refinement`` and ``refinement_dynamical``
 (refinement options on the noise sweep's and the dynamical data) and
 ``training_options`` (mask schedule and losses), ``phases`` (several
-bases), ``multislice`` (abTEM data) and ``large_data`` (distributed
-prediction, big detectors, a big scan on disk).
+bases), ``multislice`` (abTEM data), ``texture`` (spot texture models) and
+``large_data`` (distributed prediction, big detectors, a big scan on disk).
 ``tests/test_docs.py`` checks that the committed page equals what this script
 produces, so no number is typed by hand.
 """
@@ -67,6 +67,7 @@ def render() -> str:
         "training_options",
         "phases",
         "multislice",
+        "texture",
         "large_data",
     ):
         path = ROOT / "benchmarks" / f"{name}_reading.md"

@@ -149,15 +149,13 @@ def _check_outputs(inputs: dict, outputs: dict, force: bool) -> None:
         if p.resolve() in seen:
             raise ValueError(f"{flag}: {str(p)!r} is also {seen[p.resolve()]}")
         seen[p.resolve()] = flag
-        folder = p.parent if str(p.parent) else Path(".")
-        if not folder.is_dir():
-            raise ValueError(f"{flag}: folder {str(folder)!r} does not exist")
-        if p.is_dir():
-            raise ValueError(f"{flag}: {str(p)!r} is a folder")
-        if p.exists() and not force:
-            from .io import OutputExistsError
+        # the checks reserve_output makes again when it claims the file (the
+        # same helpers, the same messages), here before anything is read
+        from .io import OutputExistsError, _check_target, _exists_message
 
-            raise OutputExistsError(f"{flag}: {str(p)!r} exists; {FORCE_HINT}")
+        _check_target(p, flag)
+        if p.exists() and not force:
+            raise OutputExistsError(_exists_message(p, flag, FORCE_HINT))
 
 
 #: What an "output exists" error of the command line advises.
