@@ -383,6 +383,7 @@ def _fit(args) -> int:
             config=_fit_config(args.set, args.refine_steps),
             checkpoint=args.checkpoint,
             resume=args.resume,
+            frame=args.frame,
         )
     except (ValueError, FileExistsError) as err:
         return _fail("fit", err)
@@ -445,6 +446,7 @@ def _predict(args) -> int:
                     plot=args.plot,
                     force=args.force,
                     client=client,
+                    frame=args.frame,
                 )
                 _report(res, "predict")
                 return 0
@@ -460,6 +462,7 @@ def _predict(args) -> int:
                 force=args.force,
                 client=client,
                 report=_report_scan,
+                frame=args.frame,
             )
     except (ValueError, FileExistsError) as err:
         return _fail("predict", err)
@@ -507,6 +510,14 @@ def _add_data_options(p: argparse.ArgumentParser, several: bool = False) -> None
         "--reference-mask",
         metavar="FILE",
         help=".npy file with a bool array of the scan shape (Rx, Ry): the reference region",
+    )
+    p.add_argument(
+        "--frame",
+        choices=("auto", "common", "class"),
+        default="auto",
+        help="with several bases: classes that show one lattice in one frame relative "
+        "to the reference (auto, common) or each class relative to itself (class); "
+        "default auto",
     )
 
 

@@ -136,6 +136,16 @@ def default_output(input: str | os.PathLike) -> Path:
     return input.with_name(input.stem + OUTPUT_SUFFIX)
 
 
+def _check_frame(frame) -> None:
+    """``--frame`` (``strain_map``'s ``frame``), checked before any work."""
+    if frame not in FRAMES:
+        raise ValueError(f"--frame: must be one of {', '.join(FRAMES)}, got {frame!r}")
+
+
+#: Frames of strain_map for several bases (option --frame).
+FRAMES = ("auto", "common", "class")
+
+
 def _check_outputs(inputs: dict, outputs: dict, force: bool) -> None:
     """Fail before any work if an output is impossible or would clobber something."""
     seen = {}
@@ -346,6 +356,7 @@ def run_fit(
     config: dict | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    frame: str = "auto",
 ) -> dict:
     """Train a CC-ST-AE on one file; write its strain map and the model to one EMD file.
 
@@ -391,6 +402,9 @@ def run_fit(
     resume : bool
         Continue from ``checkpoint`` (a fit killed mid-training resumes
         where it stopped, with the same result).
+    frame : {"auto", "common", "class"}
+        With several bases, the frame of each class's strain
+        (:meth:`CCSTAE.strain_map <py4dstem_ccstae.CCSTAE.strain_map>`).
 
     Returns
     -------
@@ -418,6 +432,7 @@ def run_fit(
     input = Path(input)
     out = default_output(input) if out is None else Path(out)
     outputs = {"--out": out, "--plot": plot}
+    _check_frame(frame)
     _check_outputs({"INPUT": input}, outputs, force)
     if checkpoint is not None and any(
         p is not None and Path(p).resolve() == Path(checkpoint).resolve()
@@ -458,7 +473,7 @@ def run_fit(
                 raise ValueError(msg) from None
             raise
         train_s = time.perf_counter() - t1
-        strain = model.strain_map(dc, reference=ref)
+        strain = model.strain_map(dc, reference=ref, frame=frame)
         info = _run_info(
             "fit",
             input,
@@ -500,6 +515,7 @@ def run_predict(
     plot: str | os.PathLike | None = None,
     force: bool = False,
     client=None,
+    frame: str = "auto",
 ) -> dict:
     """Apply a saved (or in-memory) model to a scan; write its strain map to EMD.
 
@@ -518,6 +534,8 @@ def run_predict(
     client : distributed.Client, optional
         Map the scan on this dask cluster: it is opened lazily and every task
         reads its own rows (:mod:`~py4dstem_ccstae.distributed`).
+    frame : {"auto", "common", "class"}
+        As in :func:`run_fit`.
 
     Returns
     -------
@@ -534,6 +552,7 @@ def run_predict(
     out = default_output(input) if out is None else Path(out)
     model_path = None if isinstance(model, CCSTAE) else Path(model)
     outputs = {"--out": out, "--plot": plot}
+    _check_frame(frame)
     _check_outputs({"INPUT": input, "MODEL": model_path}, outputs, force)
     resolve_device(device)
     if model_path is not None:
@@ -551,10 +570,10 @@ def run_predict(
         scan = tuple(int(n) for n in dc.data.shape[:2])
         ref = _resolve_reference(reference, reference_mask, scan)
         if client is None:
-            strain = model.strain_map(dc, reference=ref)
+            strain = model.strain_map(dc, reference=ref, frame=frame)
         else:
             strain = model.strain_map(
-                input, reference=ref, client=client, datapath=datapath
+                input, reference=ref, client=client, datapath=datapath, frame=frame
             )
         info = _run_info(
             "predict",
@@ -593,6 +612,7 @@ def predict_batch(
     force: bool = False,
     client=None,
     report=None,
+    frame: str = "auto",
 ) -> list[dict]:
     """Map many scans with one model; one output file per scan.
 
@@ -611,7 +631,7 @@ def predict_batch(
     out_dir : str or PathLike, optional
         Folder of the outputs ``<stem>_ccstae.h5`` (and ``<stem>_ccstae.png``
         with ``plot``); default: beside each input.
-    datapath, reference, reference_mask, device, force
+    datapath, reference, reference_mask, device, force, frame
         As in :func:`run_predict`, for every scan.
     plot : bool
         Also write a ``show_strain`` PNG per scan.
@@ -677,6 +697,7 @@ def predict_batch(
                 plot=o.with_suffix(".png") if plot else None,
                 force=force,
                 client=client,
+                frame=frame,
             )
             rec.update(ok=True, output=res["output"], scan_shape=res["scan_shape"])
         except Exception as err:  # noqa: BLE001 - one bad scan must not stop the batch

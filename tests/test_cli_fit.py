@@ -344,3 +344,15 @@ def test_help_of_every_command_and_subcommand(capsys):
             main(argv)
         assert exc.value.code == 0, argv
         assert "usage:" in capsys.readouterr().out, argv
+
+
+def test_frame_option_is_checked_before_any_work(scans, tmp_path, capsys):
+    from py4dstem_ccstae.workflows import run_fit
+
+    scan = str(scans / "scan0.h5")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", scan, "--frame", "lab"])
+    assert exc.value.code == 2 and "--frame" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--frame: must be one of auto, common, class"):
+        run_fit(scan, out=tmp_path / "o.h5", frame="lab")
+    assert os.listdir(tmp_path) == []
