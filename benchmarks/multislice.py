@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from py4dstem_ccstae.affine import STRAIN_KEYS as KEYS
+
 HERE = Path(__file__).resolve().parent / "multislice"
 DATA = HERE / "data"
 VENV_PYTHON = Path(os.environ.get("ABTEM_PYTHON", HERE / ".venv" / "bin" / "python"))
@@ -46,6 +48,17 @@ _SI110 = dict(crystal="Si110", symmetry=2, cell_xy=(SI_A, SI_A / 2**0.5), slices
 _MOS2 = dict(crystal="MoS2", symmetry=6, cell_xy=(3.16, 3.16 * 3**0.5), slices_per_cell=8)
 _200KV = dict(energy=200e3, alpha=3.0, box=80.0)
 _GRAINS = dict(kind="grains", grains=12, strain=0.02, probe_positions=3, vacuum=None)
+#: A monolayer flake of grains with vacuum around it, 80 kV, one cell thick.
+_FLAKE = dict(
+    **{**_GRAINS, "vacuum": "outside_disk"},
+    energy=80e3,
+    alpha=5.0,
+    box=80.0,
+    scan=(48, 48),
+    rotation=(-5.0, 5.0),
+    cells=(1,),
+    thickness_map="flat",
+)
 
 #: The benchmark's cases. ``cells``: exit planes in unit cells along the beam
 #: (the scan's thickness varies over them, ``thickness_map``); ``rotation``:
@@ -99,14 +112,7 @@ CASES = {
     # hexagonal monolayer flake with vacuum around it, 80 kV
     "MoS2_flake": dict(
         **_MOS2,
-        **{**_GRAINS, "vacuum": "outside_disk"},
-        energy=80e3,
-        alpha=5.0,
-        box=80.0,
-        scan=(48, 48),
-        rotation=(-5.0, 5.0),
-        cells=(1,),
-        thickness_map="flat",
+        **_FLAKE,
         reference_position=(0.3, 0.3),
         seed=4,
     ),
@@ -114,14 +120,7 @@ CASES = {
     # a flake with vacuum around it, 80 kV; the reference grain in the core
     "MoS2_MoSe2_hetero": dict(
         **_MOS2,
-        **{**_GRAINS, "vacuum": "outside_disk"},
-        energy=80e3,
-        alpha=5.0,
-        box=80.0,
-        scan=(48, 48),
-        rotation=(-5.0, 5.0),
-        cells=(1,),
-        thickness_map="flat",
+        **_FLAKE,
         reference_position=(0.5, 0.5),
         outer=dict(crystal="MoSe2", a_ratio=3.16 / 3.29, inner_radius=0.6),
         # also with a base for each lattice and the vacuum
@@ -355,20 +354,10 @@ def assemble(name: str):
     crystal = p["phase"] == 0
     s = T.relative_to(T.reference_from_mask(p["reference"])).strain()
     s = {k: np.where(crystal, v, 0.0) for k, v in s.items()}
-    labels = [
-        "e_xx",
-        "e_yy",
-        "e_xy",
-        "theta",
-        "mask",
-        "grain",
-        "reference",
-        "phase",
-        "lattice",
-    ]
+    labels = [*KEYS, "mask", "grain", "reference", "phase", "lattice"]
     truth = RealSlice(
         data=np.stack(
-            [s[k] for k in ("e_xx", "e_yy", "e_xy", "theta")]
+            [s[k] for k in KEYS]
             + [crystal.astype(float), p["region"].astype(float)]
             + [p["reference"].astype(float), p["phase"].astype(float)]
             + [p["lattice"].astype(float)]
@@ -391,8 +380,6 @@ BASELINE_GRID = {
     "sigma": (0.0, 1.0),
     "min_relative_intensity": (0.001, 0.005, 0.02),
 }
-
-KEYS = ("e_xx", "e_yy", "e_xy", "theta")
 
 
 def score(rs, truth, symmetry: int) -> dict:

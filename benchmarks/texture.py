@@ -37,6 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from py4dstem_ccstae.affine import STRAIN_KEYS as KEYS  # noqa: E402
+
 #: Cases: multislice case names, and the simulator's two sweeps.
 SIMULATED = {
     "sim_kinematic": dict(dynamical=False),
@@ -50,7 +52,6 @@ DEFAULT_CASES = [
     "sim_kinematic",
     "sim_bloch_wave",
 ]
-KEYS = ("e_xx", "e_yy", "e_xy", "theta")
 MODELS = ("fixed", "ramp")
 
 
@@ -115,6 +116,8 @@ def _mean(cell: dict) -> float:
 
 
 def markdown(result: dict) -> str:
+    from multislice import _cell
+
     lines = [
         "# Spot texture models: fixed against ramp",
         "",
@@ -132,11 +135,8 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        cells = []
-        for t in MODELS:
-            c = r[t]
-            strain = " / ".join(f"{1e3 * c[k]:.2f}" for k in KEYS[:3])
-            cells.append(f"{strain} | {np.rad2deg(c['theta']):.3f}")
+        # the multislice table's cell: "e_xx / e_yy / e_xy | theta"
+        cells = [_cell({f"mae_{k}": r[t][k] for k in KEYS}) for t in MODELS]
         change = _mean(r["ramp"]) / _mean(r["fixed"])
         lines.append(
             f"| {r['case']} | {r['noise']:g} | {cells[0]} | {cells[1]} | {change:.2f} | "

@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .estimator import FRAMES
 from .workflows import (  # re-exported: the command line's workflows
     FORCE_HINT,  # noqa: F401
     OUTPUT_SUFFIX,
@@ -513,7 +514,7 @@ def _add_data_options(p: argparse.ArgumentParser, several: bool = False) -> None
     )
     p.add_argument(
         "--frame",
-        choices=("auto", "common", "class"),
+        choices=FRAMES,
         default="auto",
         help="with several bases: classes that show one lattice in one frame relative "
         "to the reference (auto, common) or each class relative to itself (class); "

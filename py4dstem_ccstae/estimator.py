@@ -25,13 +25,15 @@ import torch
 
 from ._validation import check_datacube, check_number, check_reference, check_seed
 from .adapters import DiffractionInputs
-from .affine import STRAIN_KEYS, LatticeTransform
+from .affine import STRAIN_KEYS, LatticeTransform, _rotation
 from .io import OutputExistsError, atomic_write, is_emd_file
 from .losses import LOSSES
 from .model import CCSTAENet
 from .spotfit import (
+    SPOT_TEXTURES,
     base_patches,
     find_spots,
+    near_rotation,
     pattern_background,
     refine_spots,
     register_spots,
@@ -116,8 +118,8 @@ def _check_option(name: str, value, integer: bool, low: float, low_open: bool) -
 #: Static-background models of the refinement (option ``background``).
 BACKGROUNDS = ("none", "radial")
 
-#: Spot models of the prediction's refinement (``spot_texture``; spotfit.refine_spots).
-SPOT_TEXTURES = ("fixed", "ramp")
+#: Frames of :meth:`CCSTAE.strain_map` for several bases (``frame``).
+FRAMES = ("auto", "common", "class")
 
 #: Largest training set; larger scans train on a fixed random subset.
 MAX_TRAIN_PATTERNS = 16384
@@ -775,7 +777,7 @@ class CCSTAE:
                     r_radius,
                     iterations=int(self.config["refine_steps"]),
                     background=background,
-                    texture=self.config.get("spot_texture", "fixed"),
+                    texture=self.config["spot_texture"],
                 ).values():
                     Ab[rows], err[rows], todo[rows] = out["A"], out["error"], False
                     # a pattern that shows none of its base's spots (vacuum,
@@ -888,7 +890,7 @@ class CCSTAE:
         from emdfile import Metadata
         from py4DSTEM import RealSlice
 
-        if frame not in ("auto", "common", "class"):
+        if frame not in FRAMES:
             raise ValueError(f"frame must be 'auto', 'common' or 'class', got {frame!r}")
         self._require_fitted()
         pred = self.predict(data, client=client, datapath=datapath, **predict_kw)
@@ -917,7 +919,8 @@ class CCSTAE:
         if shared:
             in_shared = np.isin(cls, shared) & valid
             for k in shared:
-                A[(cls == k) & valid] = A[(cls == k) & valid] @ np.asarray(frames[k])
+                rows = (cls == k) & valid
+                A[rows] = A[rows] @ np.asarray(frames[k])
             Tc = LatticeTransform(A)
             Tc = Tc.relative_to(Tc.reference_from_mask(ref_shared))
             if len(shared) > 1:
@@ -1412,8 +1415,7 @@ def _base_frames(
             )
             refined = out["A"][0].numpy()
             # refined to a lattice no further than max_strain: keep it
-            sv = np.linalg.svd(refined, compute_uv=False)
-            if np.isfinite(refined).all() and sv.max() < 1 + max_strain:
+            if near_rotation(refined, max_strain):
                 M = refined
         frames[k] = None if M is None else np.round(M, 9).tolist()
     return frames
@@ -1431,9 +1433,7 @@ def _reduce_rotation(T: LatticeTransform, symmetry: int) -> LatticeTransform:
     A = T.params
     best, best_abs = A, np.abs(T.strain()["theta"])
     for j in range(1, n):
-        phi = 2 * np.pi * j / n
-        R = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
-        Aj = A @ R
+        Aj = A @ _rotation(2 * np.pi * j / n)
         th = np.abs(LatticeTransform(Aj).strain()["theta"])
         better = th < best_abs
         best = np.where(better[..., None, None], Aj, best)

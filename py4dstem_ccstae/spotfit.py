@@ -45,6 +45,8 @@ import math
 import numpy as np
 import torch
 
+from .affine import _rotation
+
 __all__ = [
     "find_spots",
     "spot_centres",
@@ -53,7 +55,12 @@ __all__ = [
     "refine_spots",
     "pattern_background",
     "register_spots",
+    "near_rotation",
+    "SPOT_TEXTURES",
 ]
+
+#: Spot models of :func:`refine_spots` (``texture``; the option ``spot_texture``).
+SPOT_TEXTURES = ("fixed", "ramp")
 
 
 def spot_centres(
@@ -223,9 +230,9 @@ def register_spots(
     lo, hi = 1.0 / (1.0 + max_strain), 1.0 + max_strain
     scales = np.exp(np.arange(np.log(lo), np.log(hi) + 1e-12, np.log(1.005)))
     best, best_score = None, -1.0
+    rotations = _rotation(phis)  # (m, 2, 2)
     for s in scales:
-        c, si = s * np.cos(phis), s * np.sin(phis)
-        R = np.stack([np.stack([c, -si], -1), np.stack([si, c], -1)], -2)  # (m, 2, 2)
+        R = s * rotations
         moved = np.einsum("mij,nj->mni", R, a)  # (m, n_a, 2)
         d = np.linalg.norm(moved[:, :, None] - b[None, None], axis=-1).min(-1)
         score = np.clip(1.0 - d / tol, 0.0, None).sum(-1)
@@ -248,10 +255,18 @@ def register_spots(
     if len(pairs) < max(3, min_matched * min(len(a), len(b))):
         return None
     # further than max_strain from a rotation: another lattice
-    U = np.linalg.svd(M, compute_uv=False)
-    if U.max() > 1.0 + max_strain or U.min() < 1.0 / (1.0 + max_strain):
-        return None
-    return M
+    return M if near_rotation(M, max_strain) else None
+
+
+def near_rotation(M: np.ndarray, max_strain: float) -> bool:
+    """True when the 2 x 2 ``M`` is finite and its stretches (singular values)
+    lie in ``[1 / (1 + max_strain), 1 + max_strain]``: one lattice strained or
+    rotated, not another lattice."""
+    M = np.asarray(M, float)
+    if not np.isfinite(M).all():
+        return False
+    sv = np.linalg.svd(M, compute_uv=False)
+    return bool(sv.max() <= 1.0 + max_strain and sv.min() >= 1.0 / (1.0 + max_strain))
 
 
 def pattern_background(
@@ -497,7 +512,7 @@ def refine_spots(
         the base's lattice, near 0.05 where it shows none: vacuum, a blank
         pattern); with ``realign``, ``patches``.
     """
-    if texture not in ("fixed", "ramp"):
+    if texture not in SPOT_TEXTURES:
         raise ValueError(f"texture must be 'fixed' or 'ramp', got {texture!r}")
     dev = patches.device
     dt = torch.float32

@@ -138,12 +138,10 @@ def default_output(input: str | os.PathLike) -> Path:
 
 def _check_frame(frame) -> None:
     """``--frame`` (``strain_map``'s ``frame``), checked before any work."""
+    from .estimator import FRAMES
+
     if frame not in FRAMES:
         raise ValueError(f"--frame: must be one of {', '.join(FRAMES)}, got {frame!r}")
-
-
-#: Frames of strain_map for several bases (option --frame).
-FRAMES = ("auto", "common", "class")
 
 
 def _check_outputs(inputs: dict, outputs: dict, force: bool) -> None:
