@@ -20,7 +20,12 @@ refinement included), as patterns per second.
 ``--case dynamical`` runs the same comparison on the benchmark's dynamical
 (Bloch-wave) data (``polycrystal(..., dynamical=True)``) and ``--case
 full_rotation`` on its full-rotation data (theta errors modulo the lattice's
-symmetry), each at ``--levels``.
+symmetry), each at ``--levels``. ``--case`` also takes a case of the
+multislice benchmark (``benchmarks/multislice.py``; abTEM pattern libraries
+generated there and cached in ``benchmarks/multislice/data``, MAE over the
+crystal with ``multislice.score``, relative to the case's reference region,
+theta modulo the lattice's symmetry), with ``add_background_noise(level,
+counts=1e5, seed=0)`` as there.
 
 Writes ``refinement.json`` and ``refinement.md`` to ``--out`` (the noise
 sweep's data), or ``refinement_<case>.json`` / ``.md`` for another case.
@@ -62,19 +67,66 @@ def _label(variant: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in variant.items()) or "defaults"
 
 
+def _title(case: str) -> str:
+    """The data set's description for the table."""
+    if case in CASES:
+        return (
+            f"64x64 scan, 128x128 patterns, {CASES[case][1]} (reference = "
+            "zero-strain grain)"
+        )
+    import multislice as ms
+
+    Rx, Ry = ms.CASES[case]["scan"]
+    return (
+        f"multislice case `{case}` ({Rx}x{Ry} scan, 128x128 patterns, "
+        "`add_background_noise(level, counts=1e5, seed=0)`; MAE over the crystal, "
+        "reference = the case's reference region)"
+    )
+
+
+def _data(case: str):
+    """(clean DataCube, reference mask, scorer: RealSlice -> MAE dict)."""
+    import numpy as np
+
+    from py4dstem_ccstae.metrics import strain_errors
+
+    if case in CASES:
+        from py4dstem_ccstae.simulate import polycrystal
+
+        clean, truth = polycrystal(
+            scan_shape=(64, 64), pattern_shape=(128, 128), seed=0, **CASES[case][0]
+        )
+        sym = 1
+        if case == "full_rotation":
+            sym = int(truth.metadata["simulation"]["symmetry"])
+
+        def scorer(rs):
+            e = strain_errors(rs, truth, symmetry=sym)
+            return {k: float(e[k]) for k in KEYS}
+
+        ref = truth.get_slice("reference").data.astype(bool)
+        return clean, ref, scorer
+    import multislice as ms
+
+    clean, truth = ms.assemble(case)
+    sym = ms.CASES[case]["symmetry"]
+
+    def scorer(rs):
+        e = ms.score(rs, truth, sym)
+        out = {f"mae_{k}": e[f"mae_{k}"] for k in ("e_xx", "e_yy", "e_xy")}
+        return {**out, "mae_theta_deg": float(np.degrees(e["mae_theta"]))}
+
+    return clean, truth.get_slice("reference").data.astype(bool), scorer
+
+
 def run(levels, variants, repeats: int, case: str = "noise") -> list[dict]:
     import numpy as np
     import torch
 
     from py4dstem_ccstae import CCSTAE
-    from py4dstem_ccstae.metrics import strain_errors
-    from py4dstem_ccstae.simulate import add_background_noise, polycrystal
+    from py4dstem_ccstae.simulate import add_background_noise
 
-    clean, truth = polycrystal(
-        scan_shape=(64, 64), pattern_shape=(128, 128), seed=0, **CASES[case][0]
-    )
-    ref = truth.get_slice("reference").data.astype(bool)
-    sym = int(truth.metadata["simulation"]["symmetry"]) if case == "full_rotation" else 1
+    clean, ref, scorer = _data(case)
     n = int(np.prod(clean.data.shape[:2]))
     rows = []
     for level in levels:
@@ -91,14 +143,14 @@ def run(levels, variants, repeats: int, case: str = "noise") -> list[dict]:
                 t0 = time.perf_counter()
                 rs = model.strain_map(dc, reference=ref)
                 times.append(time.perf_counter() - t0)
-            e = strain_errors(rs, truth, symmetry=sym)
+            e = scorer(rs)
             row = {
                 "noise": level,
                 "variant": _label(variant),
                 "attempts": len(model.fitted_["attempts"]),
                 "predict_s": statistics.median(times),
                 "patterns_per_s": n / statistics.median(times),
-                **{k: float(e[k]) for k in KEYS},
+                **e,
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -112,9 +164,9 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`; {result['date']}; {result['machine']}; "
         f"torch threads {result['threads']}; git {result['git']}.",
         "",
-        f"64x64 scan, 128x128 patterns, {CASES[result.get('case', 'noise')][1]}, one "
-        "training per level (identical for every variant); MAE vs truth "
-        "(strain x1e-3, theta in degrees), reference = zero-strain grain; "
+        f"{_title(result.get('case', 'noise'))}, one training per level "
+        "(identical for every variant); MAE vs truth "
+        "(strain x1e-3, theta in degrees); "
         f"prediction speed: median of {result['repeats']} runs of `strain_map` on "
         "the whole scan.",
         "",
@@ -142,10 +194,19 @@ def main(argv=None) -> int:
         help="JSON list of CCSTAE option dicts",
     )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--case", choices=sorted(CASES), default="noise", help="data set")
+    ap.add_argument(
+        "--case",
+        default="noise",
+        help=f"data set: {', '.join(sorted(CASES))}, or a multislice case",
+    )
     ap.add_argument("--out", default="docs/benchmark_results", help="output folder")
     args = ap.parse_args(argv)
     meta = run_meta("refinement.py", argv)
+    if args.case not in CASES:
+        import multislice
+
+        if args.case not in multislice.CASES:
+            ap.error(f"--case: unknown data set {args.case!r}")
     rows = run(args.levels, args.variants, args.repeats, args.case)
     result = {**meta, "case": args.case, "repeats": args.repeats, "rows": rows}
     name = "refinement" if args.case == "noise" else f"refinement_{args.case}"
