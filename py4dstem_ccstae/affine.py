@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LatticeTransform", "STRAIN_KEYS"]
+__all__ = ["LatticeTransform", "STRAIN_KEYS", "reduce_rotation"]
 
 #: Names of the strain components, in py4DSTEM's slice order.
 STRAIN_KEYS = ("e_xx", "e_yy", "e_xy", "theta")
@@ -306,3 +306,23 @@ class LatticeTransform:
             body = ", ".join(f"{k}={float(v):+.5f}" for k, v in s.items())
             return f"LatticeTransform({body})"
         return f"LatticeTransform(shape={self.shape})"
+
+
+def reduce_rotation(T: LatticeTransform, symmetry: int) -> LatticeTransform:
+    """``T @ R(2 pi j / symmetry)`` with the smallest rotation, per position.
+
+    A lattice with ``symmetry``-fold rotation symmetry maps onto itself under
+    ``R(2 pi j / n)``, so ``T`` and ``T @ R`` describe the same measured
+    lattice; the one whose rotation lies in ``[-pi / n, pi / n)`` is the one
+    whose strain components are in the reference's axes.
+    """
+    n = max(int(symmetry), 1)
+    A = T.params
+    best, best_abs = A, np.abs(T.strain()["theta"])
+    for j in range(1, n):
+        Aj = A @ _rotation(2 * np.pi * j / n)
+        th = np.abs(LatticeTransform(Aj).strain()["theta"])
+        better = th < best_abs
+        best = np.where(better[..., None, None], Aj, best)
+        best_abs = np.where(better, th, best_abs)
+    return LatticeTransform(best)

@@ -25,19 +25,22 @@ import torch
 
 from ._validation import check_datacube, check_number, check_reference, check_seed
 from .adapters import DiffractionInputs
-from .affine import STRAIN_KEYS, LatticeTransform, _rotation
-from .io import OutputExistsError, atomic_write, is_emd_file
+from .affine import STRAIN_KEYS, LatticeTransform, reduce_rotation
 from .losses import LOSSES
 from .model import CCSTAENet
-from .spotfit import (
-    SPOT_TEXTURES,
-    base_patches,
-    find_spots,
-    near_rotation,
-    pattern_background,
-    refine_spots,
-    register_spots,
+from .persistence import (
+    MODEL_NODE,
+    check_checkpoint,
+    check_resumable,
+    find_models,
+    model_to_emd,
+    read_model,
+    read_model_node,
+    save_model,
 )
+from .spotfit import SPOT_TEXTURES
+from .spotmodel import STATE_KEYS as SPOT_STATE_KEYS
+from .spotmodel import SpotModel, resize_bases
 from .symmetry import lattice_symmetry
 from .train import (
     TrainConfig,
@@ -150,13 +153,6 @@ _PREDICT_BATCH = 1024
 
 OUTPUT_SLICES = ("e_xx", "e_yy", "e_xy", "theta", "mask", "class", "error")
 
-#: Saved-model formats: EMD 1.0 tree (current) and plain HDF5 attrs (0.1.0 dev).
-MODEL_FORMAT = "py4dstem_ccstae.CCSTAE/2"
-LEGACY_MODEL_FORMAT = "py4dstem_ccstae.CCSTAE/1"
-#: Name of the Metadata that marks a model node, and the default node name.
-MODEL_METADATA = "ccstae_model"
-MODEL_NODE = "ccstae_model"
-
 
 class CCSTAE:
     """Cycle-consistent spatial-transforming autoencoder for strain mapping.
@@ -232,6 +228,7 @@ class CCSTAE:
                 f"(got scaling={self.config['scaling']!r})"
             )
         self.net: CCSTAENet | None = None
+        self.spot_model_: SpotModel | None = None
         self.fitted_: dict = {}
         self.history_: list = []
 
@@ -362,13 +359,100 @@ class CCSTAE:
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint file (checkpoint=...)")
-        saved = _check_checkpoint(checkpoint, bool(resume), bool(overwrite))
+        saved = check_checkpoint(checkpoint, bool(resume), bool(overwrite))
         torch.manual_seed(seed)
         t0 = time.perf_counter()
+        inputs, train_idx, X = self._training_data(
+            data, braggvectors, client, datapath, seed
+        )
+        sym = self.config["symmetry"]
+        if sym == "auto":
+            # the lattice's order, from the spot geometry of patterns spread
+            # over the training set (symmetry module docs)
+            some = X[_spread(len(X), SYMMETRY_PATTERNS)].numpy()
+            sym = lattice_symmetry(some, inputs.mask, X.mean(0).numpy())
+        # what a checkpoint must share with this fit to be continued
+        network = {
+            "size": int(inputs.size),
+            "num_bases": int(self.config["num_bases"]),
+            "symmetry": int(sym),
+            "width": int(self.config["width"]),
+            "max_strain": float(self.config["max_strain"]),
+            "scaling": inputs.scaling,
+            "q_max": round(float(inputs.q_max), 9),
+            "ring": [round(float(r), 9) for r in inputs.ring],
+        }
+        if saved is not None and resume:
+            check_resumable(checkpoint, saved, network)
+        first = int(saved.get("attempt", 0)) if resume and saved is not None else 0
+        attempts, sensitivity = self._train(
+            inputs, X, network, dev, seed, progress, checkpoint, bool(resume), first
+        )
+        spot_model = SpotModel.find(
+            self.net.bases,
+            inputs.mask,
+            float(self.config["spot_threshold"]),
+            self.config["refine_size"],
+        )
+        if spot_model.spots is None:
+            ring = tuple(round(float(r), 4) for r in inputs.ring)
+            warnings.warn(
+                "CCSTAE.fit: no Bragg spots found on the learned base (fewer than 2 "
+                f"peaks above spot_threshold={self.config['spot_threshold']:g} inside "
+                f"the ring {ring} {inputs.units}, at size={inputs.size}): the model has "
+                "no lattice to measure and every position of its maps is marked "
+                "invalid. Check 'ring' and 'q_max' (the ring must hold the Bragg "
+                "disks) and 'size' (disks must span a few pixels).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        spot_gain = None
+        if spot_model.spots is not None and self.config["refine"]:
+            spot_model, gain = self._fit_spot_model(spot_model, inputs, X, train_idx)
+            spot_gain = gain[~torch.isnan(gain)].numpy()
+        spot_gain_q, weak = _gain_summary(spot_gain, self.config["num_bases"])
+        # how much of every spot's disk the training data recorded: predict
+        # flags positions that lose more than COVERAGE_DROP of a disk
+        rows_cov = train_idx[_spread(len(train_idx), REALIGN_PATTERNS)]
+        coverage = [
+            None if cov is None else np.median(cov, 0).round(4).tolist()
+            for cov in spot_model.coverage(inputs, rows_cov)
+        ]
+        self.spot_model_ = spot_model
+        spots, base_spots = spot_model.spots, spot_model.base_spots
+        self.fitted_ = {
+            "base_frames": spot_model.frames(
+                self.net.bases, sym, float(self.config["max_strain"])
+            ),
+            "q_max": float(inputs.q_max),
+            "ring": [float(r) for r in inputs.ring],
+            "symmetry": int(sym),
+            "units": inputs.units,
+            "spots": None if spots is None else spots.tolist(),
+            "spot_radius": spot_model.radius,
+            "base_spots": [None if sp is None else sp.tolist() for sp in base_spots],
+            "spot_coverage": coverage,
+            "spot_gain_quantiles": spot_gain_q,
+            "weak_fraction": weak,
+            "train_patterns": int(len(train_idx)),
+            "train_seconds": time.perf_counter() - t0,
+            "epochs_run": len(self.history_),
+            "final_loss": self.history_[-1]["loss"] if self.history_ else None,
+            "encoder_sensitivity": sensitivity,
+            "attempts": attempts,
+        }
+        return self
+
+    def _training_data(self, data, braggvectors, client, datapath, seed: int):
+        """``(inputs, train_idx, X)``: the inputs, the training rows and patterns.
+
+        Every pattern, or a fixed random subset of ``MAX_TRAIN_PATTERNS`` of a
+        larger scan (memory stays bounded; the encoder does not need all of
+        them). A path is opened lazily in this process; with ``client`` the
+        subset is read on the cluster.
+        """
 
         def training_set(n_all: int) -> np.ndarray:
-            """Every pattern, or a fixed random subset of large scans (memory
-            stays bounded; the encoder does not need all of them)."""
             if n_all > MAX_TRAIN_PATTERNS:
                 rng = np.random.default_rng(seed)
                 return np.sort(rng.choice(n_all, MAX_TRAIN_PATTERNS, replace=False))
@@ -391,45 +475,29 @@ class CCSTAE:
                 client=client,
                 datapath=datapath,
             )
-            X = torch.from_numpy(X)
-        else:
-            if datapath is not None:
-                raise ValueError("datapath: only used when data is a file path")
-            inputs = self._inputs(data, braggvectors, fitted={})
-            train_idx = training_set(inputs.n_patterns)
-            X = torch.from_numpy(inputs.batch(train_idx))
+            return inputs, train_idx, torch.from_numpy(X)
+        if datapath is not None:
+            raise ValueError("datapath: only used when data is a file path")
+        inputs = self._inputs(data, braggvectors, fitted={})
+        train_idx = training_set(inputs.n_patterns)
+        return inputs, train_idx, torch.from_numpy(inputs.batch(train_idx))
+
+    def _train(self, inputs, X, network, dev, seed, progress, checkpoint, resume, first):
+        """Train with the lock-on check; sets ``net`` and ``history_``.
+
+        An encoder that never locked on ignores its input (constant output):
+        then train again from a new initialisation (``fit``'s Notes). Returns
+        the attempts' records and the kept network's sensitivity.
+        """
         mask = torch.tensor(inputs.mask, dtype=torch.float32)
-        sym = self.config["symmetry"]
-        if sym == "auto":
-            # the lattice's order, from the spot geometry of patterns spread
-            # over the training set (symmetry module docs)
-            some = X[_spread(len(X), SYMMETRY_PATTERNS)].numpy()
-            sym = lattice_symmetry(some, inputs.mask, X.mean(0).numpy())
         cfg = self._train_config()
-        # what a checkpoint must share with this fit to be continued
-        network = {
-            "size": int(inputs.size),
-            "num_bases": int(self.config["num_bases"]),
-            "symmetry": int(sym),
-            "width": int(self.config["width"]),
-            "max_strain": float(self.config["max_strain"]),
-            "scaling": inputs.scaling,
-            "q_max": round(float(inputs.q_max), 9),
-            "ring": [round(float(r), 9) for r in inputs.ring],
-        }
-        if saved is not None and resume:
-            _check_resumable(checkpoint, saved, network)
-        # lock-on check: an encoder that never locked on ignores its input
-        # (constant output); then train again from a new initialisation
         probe = X[_spread(len(X), SENSITIVITY_PATTERNS)]
-        attempts, best, first = [], None, 0
+        attempts, best = [], None
         threshold = float(self.config["min_sensitivity"])
 
         def locked(sens: dict) -> bool:  # min_sensitivity 0: no check
             return threshold <= 0 or sens["mean"] >= threshold
 
-        if resume and saved is not None:
-            first = int(saved.get("attempt", 0))
         for attempt in range(first, 1 + max(first, int(self.config["retries"]))):
             attempt_seed = seed + attempt * RETRY_SEED_STEP
             t_attempt = time.perf_counter()
@@ -437,7 +505,7 @@ class CCSTAE:
             net = CCSTAENet(
                 inputs.size,
                 num_bases=self.config["num_bases"],
-                symmetry=sym,
+                symmetry=network["symmetry"],
                 max_strain=self.config["max_strain"],
                 width=self.config["width"],
             ).to(dev)
@@ -449,7 +517,7 @@ class CCSTAE:
                 seed=attempt_seed,
                 progress=progress,
                 checkpoint=checkpoint,
-                resume=bool(resume) and attempt == first,
+                resume=resume and attempt == first,
                 attempt=attempt,
                 options=network,
             )
@@ -477,153 +545,40 @@ class CCSTAE:
                 "holds vacuum or amorphous regions, num_bases=2 "
                 "(docs/troubleshooting.md).",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        base_spots, radius = _find_base_spots(
-            self.net, inputs.mask, float(self.config["spot_threshold"])
+        return attempts, sensitivity
+
+    def _fit_spot_model(self, spot_model, inputs, X, train_idx):
+        """The spot model's patches and background from the aligned training patterns.
+
+        A subset spread over the whole training set (not its first rows: the
+        top of the scan), all of it when small enough, at the refinement's
+        size. Returns the fitted spot model and every pattern's median gain.
+        """
+        rows_sub = _spread(len(X), REALIGN_PATTERNS)
+        X_sub = X[rows_sub]
+        enc = encode(self.net, X_sub)
+        rsize = spot_model.refine_size
+        if rsize == inputs.size:
+            sub, bases = X_sub, self.net.bases
+        else:
+            sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[rows_sub]))
+            bases = resize_bases(self.net.bases, rsize)
+        mask = torch.tensor(inputs.mask, dtype=torch.float32)
+        cls = pattern_classes(self.net, X_sub, enc, mask, self._train_config())
+        return spot_model.fit(
+            sub,
+            enc["A"],
+            cls,
+            bases,
+            iterations=int(self.config["refine_steps"]),
+            background=self.config["background"],
         )
-        spots = next((sp for sp in base_spots if sp is not None), None)
-        if spots is None:
-            ring = tuple(round(float(r), 4) for r in inputs.ring)
-            warnings.warn(
-                "CCSTAE.fit: no Bragg spots found on the learned base (fewer than 2 "
-                f"peaks above spot_threshold={self.config['spot_threshold']:g} inside "
-                f"the ring {ring} {inputs.units}, at size={inputs.size}): the model has "
-                "no lattice to measure and every position of its maps is marked "
-                "invalid. Check 'ring' and 'q_max' (the ring must hold the Bragg "
-                "disks) and 'size' (disks must span a few pixels).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        spot_gain = None
-        if spots is not None and self.config["refine"]:
-            # spot patches of the bases, re-estimated from the aligned
-            # training patterns (spotfit module docs), at the refinement's size
-            # a subset spread over the whole training set (not its first
-            # rows: the top of the scan), all of it when small enough
-            rows_sub = _spread(len(X), REALIGN_PATTERNS)
-            X_sub = X[rows_sub]
-            enc = encode(self.net, X_sub)
-            rsize = int(self.config["refine_size"] or inputs.size)
-            f = rsize / inputs.size
-            if rsize == inputs.size:
-                sub, bases = X_sub, self.net.bases
-            else:
-                sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[rows_sub]))
-                bases = _resize_bases(self.net.bases, rsize)
-            r_radius = radius * f
-            cls = pattern_classes(self.net, X_sub, enc, mask, cfg)
-            groups = _class_groups(cls, base_spots)
-
-            def realign(bases, A, background=None):
-                """Per class: refined transforms (N, 2, 2), translations, patches."""
-                A_out = A.clone().to(torch.float64)
-                t_out = torch.zeros(len(A), 2, dtype=torch.float64)
-                gain = torch.full((len(A),), float("nan"))
-                # every base with spots keeps its own patches unless its
-                # patterns re-estimate them
-                own = {
-                    k: base_patches(bases[k : k + 1], sp * f, r_radius)
-                    for k, sp in enumerate(base_spots)
-                    if sp is not None
-                }
-                patches = [own[k][0] if k in own else None for k in range(len(base_spots))]
-                for k, (rows, out) in _refine_classes(
-                    sub,
-                    A,
-                    groups,
-                    base_spots,
-                    own,
-                    f,
-                    r_radius,
-                    iterations=int(self.config["refine_steps"]),
-                    background=background,
-                    realign=True,
-                ).items():
-                    A_out[rows], t_out[rows] = out["A"], out["t"]
-                    gain[rows] = out["gain"].median(-1).values
-                    patches[k] = out["patches"][0]
-                return A_out, t_out, patches, gain
-
-            A_r, t_r, patches, gain = realign(bases, enc["A"])
-            if self.config["background"] == "radial":
-                # each pattern's own spots are known now: estimate the static
-                # background without them (on the largest class with spots),
-                # then realign again without it
-                k0 = max(groups, key=lambda k: len(groups[k]), default=None)
-                if k0 is not None:
-                    rows = groups[k0]
-                    background = torch.from_numpy(
-                        pattern_background(
-                            sub[rows], A_r[rows], t_r[rows], base_spots[k0] * f, r_radius
-                        )
-                    )
-                    self.net.set_refine_background(background)
-                    A_r, t_r, patches, gain = realign(bases - background, A_r, background)
-            self.net.set_spot_patches(_stack_patches(patches, base_spots))
-            spot_gain = gain[~torch.isnan(gain)].numpy()
-        spot_gain_q, weak = None, None
-        if spot_gain is not None and spot_gain.size:
-            spot_gain_q = [float(v) for v in np.percentile(spot_gain, [1, 5, 25, 50, 95])]
-            weak = float((spot_gain < WEAK_GAIN).mean())
-            if weak >= WEAK_WARN_FRACTION:
-                hint = (
-                    "fit with num_bases=2 so that they get a base of their own"
-                    if self.config["num_bases"] == 1
-                    else "a larger num_bases may separate them"
-                )
-                warnings.warn(
-                    f"CCSTAE.fit: {100 * weak:.0f} % of the training patterns show "
-                    f"none of the base's Bragg spots (median spot gain < {WEAK_GAIN:g}): "
-                    f"vacuum or amorphous regions in the scan? They are fitted as "
-                    f"crystal and degrade the model; {hint} (docs/troubleshooting.md).",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        # how much of every spot's disk the training data recorded: predict
-        # flags positions that lose more than COVERAGE_DROP of a disk
-        rows_cov = train_idx[_spread(len(train_idx), REALIGN_PATTERNS)]
-        coverage = [
-            None if cov is None else np.median(cov, 0).round(4).tolist()
-            for cov in _spot_coverage(inputs, rows_cov, base_spots, radius)
-        ]
-        self.fitted_ = {
-            "base_frames": _base_frames(
-                self.net, base_spots, radius, sym, float(self.config["max_strain"])
-            ),
-            "q_max": float(inputs.q_max),
-            "ring": [float(r) for r in inputs.ring],
-            "symmetry": int(sym),
-            "units": inputs.units,
-            "spots": None if spots is None else spots.tolist(),
-            "spot_radius": radius,
-            "base_spots": [None if sp is None else sp.tolist() for sp in base_spots],
-            "spot_coverage": coverage,
-            "spot_gain_quantiles": spot_gain_q,
-            "weak_fraction": weak,
-            "train_patterns": int(len(train_idx)),
-            "train_seconds": time.perf_counter() - t0,
-            "epochs_run": len(self.history_),
-            "final_loss": self.history_[-1]["loss"] if self.history_ else None,
-            "encoder_sensitivity": sensitivity,
-            "attempts": attempts,
-        }
-        return self
 
     def _require_fitted(self):
         if self.net is None:
             raise RuntimeError("CCSTAE is not fitted: call fit() or CCSTAE.load() first")
-
-    def _spot_mask(self, size: int, ring_mask: np.ndarray):
-        spots = self.fitted_.get("spots")
-        if not spots:
-            return None, torch.tensor(ring_mask, dtype=torch.float32)
-        c = (size - 1) / 2.0
-        yy, xx = np.mgrid[:size, :size] - c
-        sp = np.asarray(spots)
-        d = np.hypot(yy[..., None] - sp[:, 0], xx[..., None] - sp[:, 1]).min(-1)
-        m = (d <= self.fitted_["spot_radius"]) & ring_mask
-        return torch.tensor(sp, dtype=torch.float64), torch.tensor(m, dtype=torch.float32)
 
     # ------------------------------------------------------------ predict
     def predict(
@@ -700,7 +655,11 @@ class CCSTAE:
             raise ValueError("datapath: only used when data is a file path")
         bad = [
             name
-            for name, t in [*self.net.named_parameters(), *self.net.named_buffers()]
+            for name, t in [
+                *self.net.named_parameters(),
+                *self.net.named_buffers(),
+                *self.spot_model_.state().items(),
+            ]
             if t.is_floating_point() and not bool(torch.isfinite(t).all())
         ]
         if bad:
@@ -715,44 +674,31 @@ class CCSTAE:
         do_refine = (
             self.config["refine"] if refine_transforms is None else refine_transforms
         )
-        spots, spot_mask = self._spot_mask(inputs.size, inputs.mask)
-        base_spots = self._base_spots()
+        sm = self.spot_model_
+        spots, spot_mask = sm.spot_mask(inputs.mask)
+        base_spots = sm.base_spots
         cfg = self._train_config()
         ring = torch.tensor(inputs.mask, dtype=torch.float32)
         # a base without spots (vacuum, amorphous) when another base has
         # them: its patterns carry no lattice and are reported invalid
         # (no base with spots at all: no lattice anywhere, every position invalid)
-        valid_class = torch.tensor([sp is not None for sp in base_spots])
+        valid_class = sm.has_lattice
         do_refine = bool(do_refine) and spots is not None
         # the refinement may work on larger patterns than the encoder
-        # (refine_size): same field of view, spot offsets scaled by f
-        rsize = int(self.config["refine_size"] or inputs.size)
-        f = rsize / inputs.size
+        # (refine_size): same field of view, spot offsets scaled
+        rsize = sm.refine_size
         fine = inputs if rsize == inputs.size or not do_refine else inputs.resized(rsize)
-        # static background: stored by fit (background="radial" and refine)
-        background = getattr(self.net, "refine_background", None)
-        patches = getattr(self.net, "spot_patches", None)
-        class_patches = {}
-        if do_refine:
-            r_radius = float(self.fitted_["spot_radius"]) * f
-            if patches is None:  # a model fitted with refine=False
-                background = None
-                bases = self.net.bases if f == 1 else _resize_bases(self.net.bases, rsize)
-            for k, sp in enumerate(base_spots):
-                if sp is None:
-                    continue
-                if patches is None:
-                    class_patches[k] = base_patches(bases[k : k + 1], sp * f, r_radius)
-                else:
-                    class_patches[k] = patches[k : k + 1, : len(sp)]
-                class_patches[k] = class_patches[k].to(dev)
+        # static background: fitted with the patches (background="radial")
+        background = None if sm.patches is None else sm.background
+        if background is not None:
+            background = background.to(dev)
+        class_patches = sm.class_patches(self.net.bases, dev) if do_refine else {}
         N = inputs.n_patterns
         A = torch.empty(N, 2, 2, dtype=torch.float64)
         cls = torch.empty(N, dtype=torch.long)
         error = torch.empty(N, dtype=torch.float64)
         shows = torch.ones(N, dtype=torch.bool)  # the pattern shows its base's spots
         off = np.zeros(N, bool)  # a spot of its base is (partly) off the detector
-        radius = float(self.fitted_.get("spot_radius") or 0.0)
         ref_coverage = self.fitted_.get("spot_coverage") or [
             None if sp is None else [1.0] * len(sp) for sp in base_spots
         ]
@@ -767,14 +713,11 @@ class CCSTAE:
             lattice = torch.ones(len(idx), dtype=torch.bool)
             if do_refine:
                 Xr = X if fine is inputs else torch.from_numpy(fine.batch(idx))
-                for rows, out in _refine_classes(
+                for rows, out in sm.refine(
                     Xr,
                     Ab,
-                    _class_groups(enc["cls"], base_spots),
-                    base_spots,
+                    enc["cls"],
                     class_patches,
-                    f,
-                    r_radius,
                     iterations=int(self.config["refine_steps"]),
                     background=background,
                     texture=self.config["spot_texture"],
@@ -797,7 +740,7 @@ class CCSTAE:
                 err[rows] = fwd.cpu().to(torch.float64)
             # a spot that lost part of its disk off the detector (compared with
             # the training data) cannot be measured there
-            cov = _spot_coverage(inputs, idx, base_spots, radius)
+            cov = sm.coverage(inputs, idx)
             for k, (c, ref) in enumerate(zip(cov, ref_coverage, strict=True)):
                 if c is None:
                     continue
@@ -824,17 +767,6 @@ class CCSTAE:
             .numpy()
             .reshape(shape),
         }
-
-    def _base_spots(self) -> list[np.ndarray | None]:
-        """Spot offsets ``(n_k, 2)`` of every base (model pixels), None without spots.
-
-        Models saved before per-base spots (``fitted_`` without
-        ``"base_spots"``) used the first base's spots for every base.
-        """
-        per_base = self.fitted_.get("base_spots")
-        if per_base is None:
-            per_base = [self.fitted_.get("spots")] * self.net.num_bases
-        return [None if sp is None else np.asarray(sp, dtype=float) for sp in per_base]
 
     def strain_map(
         self,
@@ -926,7 +858,7 @@ class CCSTAE:
             if len(shared) > 1:
                 # bases registered at different orientations: the measured
                 # lattice's smallest rotation (strain in the reference's axes)
-                Tc = _reduce_rotation(Tc, int(self.fitted_["symmetry"]))
+                Tc = reduce_rotation(Tc, int(self.fitted_["symmetry"]))
             strain_c = Tc.strain()
             for key in STRAIN_KEYS:
                 rel[key][in_shared] = strain_c[key][in_shared]
@@ -1006,43 +938,10 @@ class CCSTAE:
             (``other_node.graft(model_node)``), save with
             :func:`py4DSTEM.save` and read it back with :meth:`from_emd`.
         """
-        from emdfile import Array, Metadata, Node, Root
-        from py4DSTEM import DiffractionSlice
-
-        from . import __version__
-
         self._require_fitted()
-        _check_node_name(name, "name")
-        state = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
-        node = Node(name=name)
-        Root(name="ccstae").add_to_tree(node)
-        node.metadata = Metadata(
-            name=MODEL_METADATA,
-            data={
-                "format": MODEL_FORMAT,
-                "version": __version__,
-                "config": _to_json(self.config),
-                "fitted": _to_json(self.fitted_),
-                "history": _to_json(self.history_),
-                "state_shapes": _to_json({k: list(v.shape) for k, v in state.items()}),
-            },
-        )
-        if "bases" in state:
-            b = state.pop("bases")
-            k = b.shape[0]
-            bases = DiffractionSlice(
-                data=np.ascontiguousarray(b.reshape(k, *b.shape[-2:])),
-                name="bases",
-                units="scaled intensity",
-                slicelabels=[f"base_{i}" for i in range(k)],
-            )
-            node.graft(bases, merge_metadata=False)
-        weights = Node(name="weights")
-        node.add_to_tree(weights)
-        for key, value in state.items():
-            _check_node_name(key, "state_dict key")
-            weights.add_to_tree(Array(data=np.atleast_1d(value), name=key))
-        return node
+        tensors = {**self.net.state_dict(), **self.spot_model_.state()}
+        state = {k: v.detach().cpu().numpy() for k, v in tensors.items()}
+        return model_to_emd(self.config, self.fitted_, self.history_, state, name)
 
     @classmethod
     def from_emd(cls, node, device: str = "cpu") -> CCSTAE:
@@ -1061,42 +960,7 @@ class CCSTAE:
             Fitted, with ``config``, ``fitted_`` and ``history_`` restored.
         """
         dev = resolve_device(device)
-        name = getattr(node, "name", node)
-        md = getattr(node, "metadata", {}).get(MODEL_METADATA)
-        if md is None:
-            raise ValueError(f"node: {name!r} is not a CCSTAE model")
-        missing = [k for k in _MODEL_KEYS if k not in md.keys]
-        if missing:
-            raise ValueError(
-                f"node: the model metadata of {name!r} lacks {', '.join(missing)} "
-                "(a damaged or edited file)"
-            )
-        if md["format"] != MODEL_FORMAT:
-            raise ValueError(
-                f"node: model format {md['format']!r} is not {MODEL_FORMAT!r}; "
-                "upgrade py4dstem-ccstae"
-            )
-        parsed = {k: _from_json(md[k], k, name) for k in _MODEL_KEYS if k != "format"}
-        state = {}
-        for key, shape in parsed["state_shapes"].items():
-            where = "bases" if key == "bases" else f"weights/{key}"
-            try:
-                arr = node.tree(where).data
-            except (AssertionError, KeyError, AttributeError):
-                raise ValueError(
-                    f"node: the model {name!r} has lost its {where!r} array "
-                    "(a damaged or edited file)"
-                ) from None
-            try:
-                state[key] = torch.from_numpy(np.array(arr).reshape(shape))
-            except (ValueError, TypeError):
-                raise ValueError(
-                    f"node: the model's {where!r} array has shape {np.shape(arr)}, "
-                    f"its metadata says {tuple(shape)} (a damaged or edited file)"
-                ) from None
-        return cls._from_state(
-            parsed["config"], parsed["fitted"], parsed["history"], state, dev
-        )
+        return cls._from_state(*read_model_node(node), dev)
 
     @classmethod
     def _from_state(cls, config, fitted, history, state, dev) -> CCSTAE:
@@ -1120,10 +984,15 @@ class CCSTAE:
             max_strain=obj.config["max_strain"],
             width=obj.config["width"],
         )
-        if "spot_patches" in state:
-            obj.net.set_spot_patches(torch.zeros_like(state["spot_patches"]))
-        if "refine_background" in state:
-            obj.net.set_refine_background(torch.zeros_like(state["refine_background"]))
+        state = dict(state)
+        spot_state = {k: state.pop(k) for k in SPOT_STATE_KEYS if k in state}
+        obj.spot_model_ = SpotModel.from_saved(
+            fitted,
+            obj.net.num_bases,
+            int(state["bases"].shape[-1]),
+            obj.config["refine_size"],
+            spot_state,
+        )
         try:
             obj.net.load_state_dict(state)
         except RuntimeError as err:
@@ -1190,42 +1059,13 @@ class CCSTAE:
             Missing or read-only folder; ``append`` to a file that is not EMD
             1.0; bad ``datapath``; ``datapath`` without ``append``.
         """
-        import h5py
-        import py4DSTEM
-
         self._require_fitted()
-        path = Path(path)
         if datapath is not None and not append:
             raise ValueError("datapath: only used with append=True")
         node = self.to_emd(name)
-        target = None
-        if append and path.exists():
-            if not is_emd_file(path):
-                raise ValueError(
-                    f"path: {str(path)!r} is not an EMD 1.0 (py4DSTEM >= 0.14) file; "
-                    "cannot append a model to it"
-                )
-            target = _append_target(path, datapath)
-            with h5py.File(path, "r") as f:
-                if name in f[target] and not overwrite:
-                    raise OutputExistsError(
-                        f"name: {target}/{name} already exists in {str(path)!r}; "
-                        "pass overwrite=True to replace it or choose another name"
-                    )
-        with atomic_write(path, overwrite=overwrite, append=append) as tmp:
-            if target is None:
-                py4DSTEM.save(tmp, node.root, mode="o")
-            else:
-                with h5py.File(tmp, "a") as f:
-                    if name in f[target]:
-                        del f[target][name]
-                    taken = set(f.keys())
-                root_name = "_ccstae_append"
-                while root_name in taken:
-                    root_name += "_"
-                node.root.name = root_name  # a root not in the file: graft below target
-                py4DSTEM.save(tmp, node, mode="a", emdpath=target, tree=True)
-        return path
+        return save_model(
+            node, Path(path), overwrite=overwrite, append=append, datapath=datapath
+        )
 
     @classmethod
     def load(
@@ -1256,65 +1096,35 @@ class CCSTAE:
             Not a file, not HDF5, no model (under ``datapath``), or several
             models and no ``datapath``.
         """
-        import h5py
-
         dev = resolve_device(device)
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"path: {str(path)!r} is not a file")
-        if not h5py.is_hdf5(path):
-            raise ValueError(f"path: {str(path)!r} is not an HDF5/EMD file")
-        try:
-            return cls._load(path, dev, datapath)
-        except ValueError as err:
-            msg = str(err)
-            if str(path) in msg:
-                raise
-            msg = msg.removeprefix("node: ")
-            raise ValueError(f"path: {str(path)!r}: {msg}") from None
-        except Exception as err:  # noqa: BLE001
-            # h5py on a truncated/corrupt file (OSError), emdfile on a damaged
-            # tree (KeyError, AssertionError, bare Exception)
-            detail = " ".join(str(err).split()) or type(err).__name__
-            raise ValueError(
-                f"path: {str(path)!r} cannot be read as a CCSTAE model (truncated or "
-                f"damaged file? {type(err).__name__}: {detail})"
-            ) from None
-
-    @classmethod
-    def _load(cls, path: Path, dev, datapath: str | None) -> CCSTAE:
-        """:meth:`load` once ``path`` is known to be an HDF5 file."""
-        import emdfile
-        import h5py
-        import py4DSTEM  # noqa: F401  (registers DiffractionSlice for emdfile.read)
-
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") == LEGACY_MODEL_FORMAT:
-                state = {
-                    k: torch.from_numpy(np.asarray(v)) for k, v in f["state_dict"].items()
-                }
-                return cls._from_state(
-                    json.loads(f.attrs["config"]),
-                    json.loads(f.attrs["fitted"]),
-                    json.loads(f.attrs["history"]),
-                    state,
-                    dev,
-                )
-        where = f" under datapath {datapath!r}" if datapath else ""
-        models = find_models(path, datapath) if is_emd_file(path) else []
-        if not models:
-            raise ValueError(f"path: no CCSTAE model{where} in {str(path)!r}")
-        if len(models) > 1:
-            raise ValueError(
-                f"path: {len(models)} CCSTAE models{where} in {str(path)!r}; choose one "
-                f"with datapath ({', '.join(models)})"
-            )
-        node = emdfile.read(str(path), emdpath=models[0], tree=True)
-        return cls.from_emd(node, device=str(dev))
+        return cls._from_state(*read_model(path, datapath), dev)
 
 
-# ------------------------------------------------------- save/load helpers
-_EMD_DATA_GROUPS = ("node", "array", "pointlist", "pointlistarray", "custom")
+def _gain_summary(spot_gain, num_bases: int) -> tuple[list | None, float | None]:
+    """Quantiles of the training patterns' spot gains and the weak fraction.
+
+    Warns (from ``fit``) when ``WEAK_WARN_FRACTION`` or more of the patterns
+    show none of their base's spots (vacuum or amorphous regions).
+    """
+    if spot_gain is None or not spot_gain.size:
+        return None, None
+    quantiles = [float(v) for v in np.percentile(spot_gain, [1, 5, 25, 50, 95])]
+    weak = float((spot_gain < WEAK_GAIN).mean())
+    if weak >= WEAK_WARN_FRACTION:
+        hint = (
+            "fit with num_bases=2 so that they get a base of their own"
+            if num_bases == 1
+            else "a larger num_bases may separate them"
+        )
+        warnings.warn(
+            f"CCSTAE.fit: {100 * weak:.0f} % of the training patterns show "
+            f"none of the base's Bragg spots (median spot gain < {WEAK_GAIN:g}): "
+            f"vacuum or amorphous regions in the scan? They are fitted as "
+            f"crystal and degrade the model; {hint} (docs/troubleshooting.md).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return quantiles, weak
 
 
 def _spread(n: int, k: int) -> np.ndarray | slice:
@@ -1328,119 +1138,6 @@ def _spread(n: int, k: int) -> np.ndarray | slice:
     return np.linspace(0, n - 1, k).astype(int)
 
 
-def _resize_bases(bases: torch.Tensor, size: int) -> torch.Tensor:
-    """Bases ``(K, 1, S, S)`` resampled to ``(K, 1, size, size)`` (bicubic).
-
-    ``align_corners=False``: pixel centres at ``(k + 1/2) / S`` of the same
-    field of view at both sizes (the adapters' grid). Only a starting point:
-    the refinement's spot patches are then re-estimated from data.
-    """
-    with torch.no_grad():
-        return torch.nn.functional.interpolate(
-            bases.detach(), size=(size, size), mode="bicubic", align_corners=False
-        )
-
-
-def _find_base_spots(
-    net: CCSTAENet, ring_mask: np.ndarray, threshold: float
-) -> tuple[list[np.ndarray | None], float | None]:
-    """Spots of every base and the compared radius shared by all of them.
-
-    Returns a list (one entry per base) of spot offsets ``(n_k, 2)`` from the
-    pattern centre (model pixels; :func:`~py4dstem_ccstae.spotfit.find_spots`),
-    None for a base with fewer than two spots (vacuum, amorphous), and the
-    smallest compared radius over the bases with spots (model pixels; the
-    probe sets the disk size, which is the same for every phase of a scan),
-    None when no base has spots.
-    """
-    bases = net.bases.detach().cpu().numpy()[:, 0]
-    found = [find_spots(b, ring_mask, rel_threshold=threshold) for b in bases]
-    radii = [r for sp, r, _ in found if sp is not None]
-    return [sp for sp, _, _ in found], (min(radii) if radii else None)
-
-
-def _base_frames(
-    net: CCSTAENet, base_spots: list, radius: float | None, symmetry: int, max_strain: float
-) -> list:
-    """Every base's lattice relative to the first base with spots (the anchor).
-
-    ``frames[k]`` is ``M_k`` (2 x 2 list) with ``g_k = M_k g_anchor``, so that
-    a pattern of class ``k`` with transform ``A`` has the lattice ``A @ M_k``
-    relative to the anchor: one common frame for bases that show one lattice
-    strained or rotated (grains, a lateral heterostructure). None for a base
-    without spots or with another lattice (another phase).
-
-    The bases' spots are matched first
-    (:func:`~py4dstem_ccstae.spotfit.register_spots`); ``M_k`` is then refined
-    as the per-pattern refinement measures a pattern: the anchor base's spot
-    patches moved rigidly onto base ``k``'s image
-    (:func:`~py4dstem_ccstae.spotfit.refine_spots`, static background
-    removed), so that it relates the disks' positions rather than their
-    centres of mass, which the texture inside each disk shifts.
-    """
-    anchor = next((k for k, sp in enumerate(base_spots) if sp is not None), None)
-    frames: list = [None] * len(base_spots)
-    if anchor is None:
-        return frames
-    frames[anchor] = np.eye(2).tolist()
-    bases = net.bases.detach().to("cpu", torch.float32)
-    background = getattr(net, "refine_background", None)
-    f = 1.0
-    if background is not None:
-        # the background is stored at the refinement's size (refine_size):
-        # register there (M is a ratio of lattices, the same at any size)
-        size = int(background.shape[-1])
-        if size != bases.shape[-1]:
-            f = size / bases.shape[-1]
-            bases = _resize_bases(bases, size)
-        bases = bases - background.to("cpu", torch.float32)
-    p0 = base_spots[anchor] * f
-    patches = None
-    for k, sp in enumerate(base_spots):
-        if sp is None or k == anchor:
-            continue
-        M = register_spots(base_spots[anchor], sp, symmetry, max_strain)
-        if M is not None and radius:
-            if patches is None:
-                patches = base_patches(bases[anchor : anchor + 1], p0, radius * f)
-            out = refine_spots(
-                bases[k, :1],
-                patches,
-                torch.zeros(1, dtype=torch.long),
-                torch.as_tensor(M, dtype=torch.float64)[None],
-                p0,
-                radius * f,
-                iterations=30,
-                tol=1e-6,
-            )
-            refined = out["A"][0].numpy()
-            # refined to a lattice no further than max_strain: keep it
-            if near_rotation(refined, max_strain):
-                M = refined
-        frames[k] = None if M is None else np.round(M, 9).tolist()
-    return frames
-
-
-def _reduce_rotation(T: LatticeTransform, symmetry: int) -> LatticeTransform:
-    """``T @ R(2 pi j / symmetry)`` with the smallest rotation, per position.
-
-    A lattice with ``symmetry``-fold rotation symmetry maps onto itself under
-    ``R(2 pi j / n)``, so ``T`` and ``T @ R`` describe the same measured
-    lattice; the one whose rotation lies in ``[-pi / n, pi / n)`` is the one
-    whose strain components are in the reference's axes.
-    """
-    n = max(int(symmetry), 1)
-    A = T.params
-    best, best_abs = A, np.abs(T.strain()["theta"])
-    for j in range(1, n):
-        Aj = A @ _rotation(2 * np.pi * j / n)
-        th = np.abs(LatticeTransform(Aj).strain()["theta"])
-        better = th < best_abs
-        best = np.where(better[..., None, None], Aj, best)
-        best_abs = np.where(better, th, best_abs)
-    return LatticeTransform(best)
-
-
 def _lattice_probes(
     net: CCSTAENet, probe: torch.Tensor, ring_mask: np.ndarray, cfg: TrainConfig
 ) -> torch.Tensor:
@@ -1452,84 +1149,10 @@ def _lattice_probes(
     """
     if net.num_bases == 1:
         return probe
-    base_spots, _ = _find_base_spots(net, ring_mask, cfg.spot_threshold)
-    lattice = torch.tensor([sp is not None for sp in base_spots])
+    lattice = SpotModel.find(net.bases, ring_mask, cfg.spot_threshold).has_lattice
     mask = torch.tensor(ring_mask, dtype=torch.float32)
     keep = lattice[pattern_classes(net, probe, encode(net, probe), mask, cfg)]
     return probe[keep] if int(keep.sum()) >= 16 else probe
-
-
-def _class_groups(cls: torch.Tensor, base_spots: list) -> dict[int, torch.Tensor]:
-    """Rows of every class whose base has spots: ``{k: indices}`` (non-empty only)."""
-    out = {}
-    for k, sp in enumerate(base_spots):
-        rows = torch.nonzero(cls == k)[:, 0]
-        if sp is not None and len(rows):
-            out[k] = rows
-    return out
-
-
-def _refine_classes(
-    X: torch.Tensor,
-    A: torch.Tensor,
-    groups: dict,
-    base_spots: list,
-    patches: dict,
-    f: float,
-    radius: float,
-    **refine_kw,
-) -> dict:
-    """:func:`~py4dstem_ccstae.spotfit.refine_spots` of every class on its own base.
-
-    ``groups`` maps a class ``k`` to its rows of ``X`` / ``A``
-    (:func:`_class_groups`), ``patches[k]`` holds its base's spot patches
-    ``(1, n_k, P, P)`` and ``base_spots[k] * f`` its spots at the refinement's
-    size. Returns ``{k: (rows, output)}``; ``rows`` is ``slice(None)`` when a
-    class holds every row (no copy of the inputs).
-    """
-    out = {}
-    for k, rows in groups.items():
-        sel = slice(None) if len(rows) == len(X) else rows
-        out[k] = (
-            sel,
-            refine_spots(
-                X[sel],
-                patches[k],
-                torch.zeros(len(rows), dtype=torch.long),
-                A[sel],
-                base_spots[k] * f,
-                radius,
-                **refine_kw,
-            ),
-        )
-    return out
-
-
-def _stack_patches(patches: list, base_spots: list) -> torch.Tensor:
-    """Per-base spot patches ``(n_k, P, P)`` (None: no spots) as one ``(K, n_max, P, P)``.
-
-    Rows beyond a base's own ``n_k`` spots are zero; the refinement only
-    uses the first ``n_k`` (``fitted_["base_spots"]``).
-    """
-    P = next(p.shape[-1] for p in patches if p is not None)
-    n_max = max(len(sp) for sp in base_spots if sp is not None)
-    out = torch.zeros(len(patches), n_max, P, P, dtype=torch.float32)
-    for k, p in enumerate(patches):
-        if p is not None:
-            out[k, : p.shape[0]] = p
-    return out
-
-
-def _spot_coverage(
-    inputs: DiffractionInputs, idx: np.ndarray, base_spots: list, radius: float
-) -> list[np.ndarray | None]:
-    """Per base: fraction of every spot's disk on the detector, (len(idx), n_k)."""
-    return [
-        None
-        if sp is None
-        else inputs.disk_coverage(idx, np.asarray(sp) * inputs.dq, radius * inputs.dq)
-        for sp in base_spots
-    ]
 
 
 def _check_prepared(inputs: DiffractionInputs, options: dict) -> None:
@@ -1559,196 +1182,6 @@ def _check_prepared(inputs: DiffractionInputs, options: dict) -> None:
             "(the model prepares it), or build the inputs with the model's size, "
             "scaling, q_max, ring and units"
         )
-
-
-def _read_checkpoint(path) -> dict | None:
-    """A training checkpoint of this package at ``path``, or None if it is not one."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any unreadable or foreign file
-        return None
-    if not isinstance(state, dict) or not {"net", "opt", "history"} <= set(state):
-        return None
-    return state
-
-
-def _check_checkpoint(checkpoint, resume: bool, overwrite: bool) -> dict | None:
-    """Validate ``fit``'s checkpoint before any work; the existing checkpoint, if any.
-
-    The folder must accept a new file (probed by creating one: ``os.access``
-    misleads root and read-only mounts), the path must not be a folder, and an
-    existing file must be a training checkpoint of this package (or
-    ``overwrite``).
-    """
-    if checkpoint is None:
-        return None
-    if not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(
-            f"checkpoint must be a path (str or PathLike), got {type(checkpoint).__name__}"
-        )
-    from .io import reserve_output
-
-    path = Path(checkpoint)
-    with reserve_output(path, overwrite=True, argname="checkpoint"):
-        pass
-    if not path.exists():
-        return None
-    state = _read_checkpoint(path)
-    if state is None:
-        if resume:
-            raise ValueError(
-                f"checkpoint: {str(path)!r} is not a CCSTAE training checkpoint; "
-                "cannot resume from it"
-            )
-        if not overwrite:
-            raise OutputExistsError(
-                f"checkpoint: {str(path)!r} exists and is not a CCSTAE training "
-                "checkpoint; pass overwrite=True to replace it, or choose another file"
-            )
-    return state
-
-
-def _check_resumable(path, state: dict, network: dict) -> None:
-    """ValueError naming the options in which a checkpoint differs from this fit."""
-    saved = state.get("options")
-    if not saved:
-        return  # older checkpoints: shapes are compared when loading
-    saved = json.loads(saved)
-    diff = [
-        f"{k}={saved[k]!r} (this fit: {v!r})"
-        for k, v in network.items()
-        if k in saved and saved[k] != v
-    ]
-    if diff:
-        raise ValueError(
-            f"checkpoint: {str(path)!r} was written by a fit with other options: "
-            f"{'; '.join(diff)}. Resume with the same options, or start afresh "
-            "(resume=False)"
-        )
-
-
-#: Metadata keys of a saved model (:meth:`CCSTAE.to_emd`).
-_MODEL_KEYS = ("format", "config", "fitted", "history", "state_shapes")
-
-
-def _from_json(text, key: str, name) -> object:
-    """JSON metadata entry ``key`` of model ``name``; ValueError saying which is bad."""
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"node: the model metadata {key!r} of {name!r} is not valid JSON "
-            "(a damaged or edited file)"
-        ) from None
-
-
-def _to_json(value) -> str:
-    """JSON text of config/fitted/history; numpy scalars and arrays become lists."""
-
-    def default(obj):
-        if isinstance(obj, (np.generic, np.ndarray)):
-            return obj.tolist()
-        if isinstance(obj, tuple):
-            return list(obj)
-        raise TypeError(f"cannot store {type(obj).__name__} in a saved model")
-
-    return json.dumps(value, default=default)
-
-
-def _check_node_name(name, argname: str) -> str:
-    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"{argname} must be a non-empty name without '/', got {name!r}")
-    return name
-
-
-def _data_children(group) -> list[str]:
-    """Names of the EMD data nodes directly inside an h5py group."""
-    import h5py
-
-    return [
-        k
-        for k, v in group.items()
-        if isinstance(v, h5py.Group)
-        and str(v.attrs.get("emd_group_type", "")).removeprefix("custom_")
-        in _EMD_DATA_GROUPS
-    ]
-
-
-def _is_model_group(group) -> bool:
-    import h5py
-
-    mdb = group.get("metadatabundle")
-    return isinstance(mdb, h5py.Group) and MODEL_METADATA in mdb
-
-
-def _append_target(path: Path, datapath: str | None) -> str:
-    """The h5py group path under which :meth:`CCSTAE.save` appends a model."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if datapath is not None:
-            key = str(datapath).strip("/")
-            grp = f.get(key) if key else None
-            kind = (
-                grp.attrs.get("emd_group_type", "") if isinstance(grp, h5py.Group) else ""
-            )
-            if kind != "root" and str(kind).removeprefix("custom_") not in _EMD_DATA_GROUPS:
-                raise ValueError(
-                    f"datapath: no EMD node or root {datapath!r} in {str(path)!r}"
-                )
-            return key
-        roots = [
-            k
-            for k, v in f.items()
-            if isinstance(v, h5py.Group) and v.attrs.get("emd_group_type") == "root"
-        ]
-        if len(roots) != 1:
-            raise ValueError(
-                f"datapath: {str(path)!r} holds {len(roots)} EMD trees "
-                f"({', '.join(roots)}); say under which node to store the model"
-            )
-        children = _data_children(f[roots[0]])
-        if len(children) == 1 and not _is_model_group(f[roots[0]][children[0]]):
-            return f"{roots[0]}/{children[0]}"
-        return roots[0]
-
-
-def find_models(path: str | os.PathLike, datapath: str | None = None) -> list[str]:
-    """Datapaths of the CCSTAE models saved in an EMD file.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        An EMD 1.0 file.
-    datapath : str, optional
-        Search only at and below this group.
-
-    Returns
-    -------
-    list of str
-        Paths (no leading ``/``), each readable with
-        ``py4DSTEM.read(path, datapath=...)`` or
-        ``CCSTAE.load(path, datapath=...)``.
-    """
-    import h5py
-
-    found: list[str] = []
-    with h5py.File(path, "r") as f:
-        key = str(datapath).strip("/") if datapath else ""
-        start = f[key] if key else f
-        if key and (key not in f or not isinstance(f[key], h5py.Group)):
-            raise ValueError(f"datapath: no group {datapath!r} in {str(path)!r}")
-
-        def visit(group):
-            if group is not f and _is_model_group(group):
-                found.append(group.name.lstrip("/"))
-                return
-            for k, v in group.items():
-                if isinstance(v, h5py.Group) and k != "metadatabundle":
-                    visit(v)
-
-        visit(start)
-    return found
 
 
 def fit_strain(

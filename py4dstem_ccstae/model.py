@@ -131,28 +131,3 @@ class CCSTAENet(nn.Module):
             "base": base,
             "features": h,
         }
-
-    def _set_buffer(self, name: str, value: torch.Tensor) -> None:
-        """Add or replace float32 buffer ``name`` (saved with the state dict)."""
-        value = value.detach().to(self.bases.device, torch.float32)
-        if name in self._buffers:
-            self._buffers[name] = value
-        else:
-            self.register_buffer(name, value)
-
-    def set_spot_patches(self, patches: torch.Tensor) -> None:
-        """Store the bases' spot patches (K, n, P, P) as buffer ``spot_patches``.
-
-        Used by the per-pattern refinement (:mod:`py4dstem_ccstae.spotfit`);
-        saved and loaded with the state dict.
-        """
-        self._set_buffer("spot_patches", patches)
-
-    def set_refine_background(self, background: torch.Tensor) -> None:
-        """Store the refinement inputs' static background (S', S').
-
-        Buffer ``refine_background``
-        (:func:`~py4dstem_ccstae.spotfit.pattern_background`), saved and loaded
-        with the state dict.
-        """
-        self._set_buffer("refine_background", background)

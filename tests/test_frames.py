@@ -1,4 +1,4 @@
-"""Bases registered to a common frame: register_spots, _reduce_rotation."""
+"""Bases registered to a common frame: register_spots, reduce_rotation."""
 
 import numpy as np
 import pytest
@@ -39,12 +39,11 @@ def test_register_spots_recovers_the_lattice_matrix():
 
 
 def test_reduce_rotation_keeps_the_strain_in_the_reference_axes():
-    from py4dstem_ccstae.affine import LatticeTransform
-    from py4dstem_ccstae.estimator import _reduce_rotation
+    from py4dstem_ccstae.affine import LatticeTransform, reduce_rotation
 
     T = LatticeTransform.from_strain(0.01, -0.005, 0.002, np.deg2rad(5.0))
     # the same square lattice described with a 90-degree turn of its axes
     turned = LatticeTransform(T.params @ _rot(90.0))
-    back = _reduce_rotation(turned, 4).strain()
+    back = reduce_rotation(turned, 4).strain()
     for k, v in T.strain().items():
         assert back[k] == pytest.approx(v, abs=1e-12), k

@@ -575,8 +575,8 @@ def test_refine_size_refines_on_larger_patterns(data, fitted, tmp_path):
     # refinement's spot patches are at 96 px: radius and offsets scaled by 2
     torch.testing.assert_close(model.net.bases, fitted.net.bases, rtol=0, atol=0)
     P = patch_size(2 * model.fitted_["spot_radius"])
-    assert tuple(model.net.spot_patches.shape[-2:]) == (P, P)
-    assert fitted.net.spot_patches.shape[-1] < P
+    assert tuple(model.spot_model_.patches.shape[-2:]) == (P, P)
+    assert fitted.spot_model_.patches.shape[-1] < P
     a = fitted.strain_map(dc, reference=ref)
     b = model.strain_map(dc, reference=ref)
     for k in ("e_xx", "e_yy", "e_xy"):
@@ -590,7 +590,7 @@ def test_refine_size_refines_on_larger_patterns(data, fitted, tmp_path):
     # resampled bases (no spot patches stored)
     plain = CCSTAE(**{**FAST, "refine": False}, refine_size=96)
     plain.fit(dc, seed=0, progress=False, device="cpu")
-    assert getattr(plain.net, "spot_patches", None) is None
+    assert plain.spot_model_.patches is None
     c = plain.strain_map(dc, reference=ref, refine_transforms=True)
     assert np.mean(np.abs(c.get_slice("e_xx").data - truth.get_slice("e_xx").data)) < 3e-3
     for bad in (8, 1000, 1.5, True, "96"):
@@ -632,16 +632,16 @@ def test_find_spots_keeps_the_faint_outer_spots():
 
 
 def test_spot_threshold_option_reaches_find_spots(data, monkeypatch):
-    import py4dstem_ccstae.estimator as estimator
+    import py4dstem_ccstae.spotmodel as spotmodel
 
     seen = []
-    real = estimator.find_spots
+    real = spotmodel.find_spots
 
     def spy(*args, **kwargs):
         seen.append(kwargs["rel_threshold"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(estimator, "find_spots", spy)
+    monkeypatch.setattr(spotmodel, "find_spots", spy)
     dc, _, _ = data
     CCSTAE(**{**FAST, "epochs": 1, "min_sensitivity": 0, "spot_threshold": 0.3}).fit(
         dc, seed=0, progress=False, device="cpu"
@@ -697,13 +697,13 @@ def test_background_option_round_trip(data, tmp_path):
     model = CCSTAE(**FAST, background="radial").fit(
         dc, seed=0, progress=False, device="cpu"
     )
-    bg = model.net.refine_background
+    bg = model.spot_model_.background
     assert tuple(bg.shape) == (FAST["size"], FAST["size"])
     rs = model.strain_map(dc, reference=ref)
     for k in ("e_xx", "e_yy", "e_xy"):
         assert np.mean(np.abs(rs.get_slice(k).data - truth.get_slice(k).data)) < 3e-3, k
     loaded = CCSTAE.load(model.save(tmp_path / "m.h5"))
-    torch.testing.assert_close(loaded.net.refine_background, bg, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.spot_model_.background, bg, rtol=0, atol=0)
     np.testing.assert_array_equal(loaded.predict(dc)["A"], model.predict(dc)["A"])
     with pytest.raises(ValueError, match="background"):
         CCSTAE(background="median")

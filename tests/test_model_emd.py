@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from py4dstem_ccstae import CCSTAE
-from py4dstem_ccstae.estimator import LEGACY_MODEL_FORMAT, MODEL_FORMAT, find_models
 from py4dstem_ccstae.io import OutputExistsError
+from py4dstem_ccstae.persistence import LEGACY_MODEL_FORMAT, MODEL_FORMAT, find_models
 from py4dstem_ccstae.simulate import polycrystal
 
 
@@ -211,6 +211,7 @@ def test_old_plain_hdf5_format_still_loads(tmp_path, model, data, expected):
         f.attrs["fitted"] = json.dumps(model.fitted_)
         f.attrs["history"] = json.dumps(model.history_)
         g = f.create_group("state_dict")
-        for k, v in model.net.state_dict().items():
+        # the network's state, with the spot model's arrays (buffers then)
+        for k, v in {**model.net.state_dict(), **model.spot_model_.state()}.items():
             g.create_dataset(k, data=v.detach().cpu().numpy())
     assert _same_predictions(CCSTAE.load(path).predict(data), expected)
