@@ -118,7 +118,7 @@ def _block_predict(
     part = inputs.rows(r0, r1, source.rows(r0, r1, block))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pred = model.predict(part, refine_transforms=refine_transforms)
+        pred = dict(model.predict(part, refine_transforms=refine_transforms))
     pred["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
     return pred
 
@@ -340,10 +340,14 @@ def predict_blocks(
             if message not in seen:
                 seen.add(message)
                 warnings.warn(message, kinds.get(category, UserWarning), stacklevel=3)
-    return {
-        key: np.concatenate([p[key] for p in parts])
-        for key in ("A", "class", "error", "valid")
-    }
+    from .fitted import Prediction
+
+    return Prediction(
+        *(
+            np.concatenate([p[key] for p in parts])
+            for key in ("A", "class", "error", "valid")
+        )
+    )
 
 
 class _MemorySource(_Source):

@@ -26,6 +26,7 @@ import torch
 from ._validation import check_datacube, check_number, check_reference, check_seed
 from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform, reduce_rotation
+from .fitted import FittedState, Prediction
 from .losses import LOSSES
 from .model import CCSTAENet
 from .persistence import (
@@ -229,18 +230,18 @@ class CCSTAE:
             )
         self.net: CCSTAENet | None = None
         self.spot_model_: SpotModel | None = None
-        self.fitted_: dict = {}
+        self.fitted_: FittedState | None = None
         self.history_: list = []
 
     # ------------------------------------------------------------- inputs
-    def _inputs(self, data, braggvectors=None, fitted: dict | None = None):
+    def _inputs(self, data, braggvectors=None, fitted=None):
         """:class:`DiffractionInputs` of ``data`` for the geometry of ``fitted``.
 
         ``fitted``: the fitted state whose field of view, ring and units the
         inputs must have (default ``fitted_``; ``{}`` for a new fit: the
         options decide).
         """
-        fitted = self.fitted_ if fitted is None else fitted
+        fitted = (self.fitted_ or {}) if fitted is None else fitted
         if isinstance(data, DiffractionInputs):
             if fitted:
                 _check_prepared(data, self._input_options(fitted))
@@ -251,7 +252,7 @@ class CCSTAE:
 
     def _input_options(self, fitted: dict | None = None) -> dict:
         """Keyword arguments of :meth:`DiffractionInputs.from_datacube` for ``fitted``."""
-        fitted = self.fitted_ if fitted is None else fitted
+        fitted = (self.fitted_ or {}) if fitted is None else fitted
         kw = dict(size=self.config["size"], scaling=self.config["scaling"])
         if fitted.get("units"):
             kw["units"] = fitted["units"]
@@ -420,27 +421,27 @@ class CCSTAE:
         ]
         self.spot_model_ = spot_model
         spots, base_spots = spot_model.spots, spot_model.base_spots
-        self.fitted_ = {
-            "base_frames": spot_model.frames(
+        self.fitted_ = FittedState(
+            base_frames=spot_model.frames(
                 self.net.bases, sym, float(self.config["max_strain"])
             ),
-            "q_max": float(inputs.q_max),
-            "ring": [float(r) for r in inputs.ring],
-            "symmetry": int(sym),
-            "units": inputs.units,
-            "spots": None if spots is None else spots.tolist(),
-            "spot_radius": spot_model.radius,
-            "base_spots": [None if sp is None else sp.tolist() for sp in base_spots],
-            "spot_coverage": coverage,
-            "spot_gain_quantiles": spot_gain_q,
-            "weak_fraction": weak,
-            "train_patterns": int(len(train_idx)),
-            "train_seconds": time.perf_counter() - t0,
-            "epochs_run": len(self.history_),
-            "final_loss": self.history_[-1]["loss"] if self.history_ else None,
-            "encoder_sensitivity": sensitivity,
-            "attempts": attempts,
-        }
+            q_max=float(inputs.q_max),
+            ring=[float(r) for r in inputs.ring],
+            symmetry=int(sym),
+            units=inputs.units,
+            spots=None if spots is None else spots.tolist(),
+            spot_radius=spot_model.radius,
+            base_spots=[None if sp is None else sp.tolist() for sp in base_spots],
+            spot_coverage=coverage,
+            spot_gain_quantiles=spot_gain_q,
+            weak_fraction=weak,
+            train_patterns=int(len(train_idx)),
+            train_seconds=time.perf_counter() - t0,
+            epochs_run=len(self.history_),
+            final_loss=self.history_[-1]["loss"] if self.history_ else None,
+            encoder_sensitivity=sensitivity,
+            attempts=attempts,
+        )
         return self
 
     def _training_data(self, data, braggvectors, client, datapath, seed: int):
@@ -589,7 +590,7 @@ class CCSTAE:
         client=None,
         datapath: str | None = None,
         block_rows: int | None = None,
-    ) -> dict:
+    ) -> Prediction:
         """Per-pattern transforms, class and reconstruction error.
 
         Parameters
@@ -617,8 +618,10 @@ class CCSTAE:
 
         Returns
         -------
-        dict
-            ``A`` (Rx, Ry, 2, 2) base -> pattern lattice matrices (calibrated
+        Prediction
+            (:class:`~py4dstem_ccstae.fitted.Prediction`, which also reads as
+            a dict with these keys) ``A`` (Rx, Ry, 2, 2) base -> pattern
+            lattice matrices (calibrated
             frame; with several bases, each relative to the pattern's own
             base), ``class`` (Rx, Ry) int (the base each pattern uses: the
             one that reconstructs it best under its transform, as in
@@ -759,14 +762,14 @@ class CCSTAE:
                 UserWarning,
                 stacklevel=2,
             )
-        return {
-            "A": A.cpu().numpy().astype(np.float64).reshape(*shape, 2, 2),
-            "class": cls.numpy().reshape(shape),
-            "error": error.cpu().numpy().astype(np.float64).reshape(shape),
-            "valid": (valid_class[cls] & shows & torch.from_numpy(~off))
+        return Prediction(
+            A=A.cpu().numpy().astype(np.float64).reshape(*shape, 2, 2),
+            cls=cls.numpy().reshape(shape),
+            error=error.cpu().numpy().astype(np.float64).reshape(shape),
+            valid=(valid_class[cls] & shows & torch.from_numpy(~off))
             .numpy()
             .reshape(shape),
-        }
+        )
 
     def strain_map(
         self,
@@ -907,7 +910,7 @@ class CCSTAE:
             data={
                 "version": __version__,
                 "config": json.dumps(self.config),
-                "fitted": json.dumps(self.fitted_),
+                "fitted": json.dumps(self.fitted_.to_dict()),
                 "reference_positions": int(reference.sum()),
                 "class_reference": json.dumps(class_reference),
             },
@@ -941,7 +944,7 @@ class CCSTAE:
         self._require_fitted()
         tensors = {**self.net.state_dict(), **self.spot_model_.state()}
         state = {k: v.detach().cpu().numpy() for k, v in tensors.items()}
-        return model_to_emd(self.config, self.fitted_, self.history_, state, name)
+        return model_to_emd(self.config, self.fitted_.to_dict(), self.history_, state, name)
 
     @classmethod
     def from_emd(cls, node, device: str = "cpu") -> CCSTAE:
@@ -975,7 +978,7 @@ class CCSTAE:
             obj = cls(**config)
         except TypeError as err:  # unknown options: a newer version wrote it
             raise ValueError(f"the model's config is not understood ({err})") from None
-        obj.fitted_ = fitted
+        obj.fitted_ = FittedState.from_dict(fitted)
         obj.history_ = history
         obj.net = CCSTAENet(
             state["bases"].shape[-1],

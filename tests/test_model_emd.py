@@ -53,7 +53,7 @@ def test_round_trip_reproduces_predictions_exactly(tmp_path, model, data, expect
     assert path == tmp_path / "model.h5"
     loaded = CCSTAE.load(path)
     assert loaded.config == json.loads(json.dumps(model.config))
-    assert loaded.fitted_ == json.loads(json.dumps(model.fitted_))
+    assert loaded.fitted_.to_dict() == json.loads(json.dumps(model.fitted_.to_dict()))
     assert loaded.history_ == model.history_
     assert _same_predictions(loaded.predict(data), expected)
     # a valid EMD 1.0 file: the bases as a DiffractionSlice, metadata beside it
@@ -208,7 +208,7 @@ def test_old_plain_hdf5_format_still_loads(tmp_path, model, data, expected):
     with h5py.File(path, "w") as f:  # what CCSTAE.save wrote before EMD storage
         f.attrs["format"] = LEGACY_MODEL_FORMAT
         f.attrs["config"] = json.dumps(model.config)
-        f.attrs["fitted"] = json.dumps(model.fitted_)
+        f.attrs["fitted"] = json.dumps(model.fitted_.to_dict())
         f.attrs["history"] = json.dumps(model.history_)
         g = f.create_group("state_dict")
         # the network's state, with the spot model's arrays (buffers then)
