@@ -14,7 +14,6 @@ and Q/R rotation).
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import time
 import warnings
@@ -23,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._validation import check_datacube, check_number, check_reference, check_seed
+from ._validation import check_datacube, check_reference, check_seed
 from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS, LatticeTransform, reduce_rotation
+from .config import DEFAULT_CONFIG, check_config
 from .fitted import FittedState, Prediction
-from .losses import LOSSES
 from .model import CCSTAENet
 from .persistence import (
     MODEL_NODE,
@@ -39,7 +38,6 @@ from .persistence import (
     read_model_node,
     save_model,
 )
-from .spotfit import SPOT_TEXTURES
 from .spotmodel import STATE_KEYS as SPOT_STATE_KEYS
 from .spotmodel import SpotModel, resize_bases
 from .symmetry import lattice_symmetry
@@ -53,74 +51,6 @@ from .train import (
 )
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
-
-#: Defaults, fixed once (never tuned against ground truth).
-DEFAULT_CONFIG = dict(
-    size=64,
-    q_max=None,
-    scaling="sqrt",
-    ring=None,
-    num_bases=1,
-    symmetry="auto",
-    max_strain=0.1,
-    width=16,
-    epochs=30,
-    epoch_size=1024,
-    batch_size=64,
-    lr=2e-3,
-    refine=True,
-    refine_steps=6,
-    refine_size=None,
-    background="radial",
-    spot_texture="fixed",
-    spot_threshold=0.05,
-    mask_schedule=False,
-    coarse_sigma=3.0,
-    coarse_epochs=6,
-    loss="mse",
-    overshoot=1.0,
-    base_l1=0.0,
-    retries=2,
-    min_sensitivity=0.1,
-)
-
-#: Numeric options: (must be an int, lower bound, bound excluded).
-_NUMERIC_OPTIONS = {
-    "size": (True, 16, False),
-    "num_bases": (True, 1, False),
-    "max_strain": (False, 0.0, True),
-    "width": (True, 4, False),
-    "epochs": (True, 1, False),
-    "epoch_size": (True, 1, False),
-    "batch_size": (True, 1, False),
-    "lr": (False, 0.0, True),
-    "refine_steps": (True, 1, False),
-    "coarse_sigma": (False, 0.0, False),
-    "coarse_epochs": (True, 0, False),
-    "overshoot": (False, 0.0, True),
-    "base_l1": (False, 0.0, False),
-    "retries": (True, 0, False),
-    "min_sensitivity": (False, 0.0, False),
-    "spot_threshold": (False, 0.0, True),
-}
-
-
-def _check_option(name: str, value, integer: bool, low: float, low_open: bool) -> None:
-    """A CCSTAE option: a finite number (an int if ``integer``) above ``low``.
-
-    Raises ValueError naming the option (also for a value of the wrong type,
-    so that every bad option gives the same kind of error).
-    """
-    if integer and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    try:
-        check_number(value, name, low=low, low_open=low_open)
-    except TypeError:
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-
-
-#: Static-background models of the refinement (option ``background``).
-BACKGROUNDS = ("none", "radial")
 
 #: Frames of :meth:`CCSTAE.strain_map` for several bases (``frame``).
 FRAMES = ("auto", "common", "class")
@@ -186,48 +116,7 @@ class CCSTAE:
     """
 
     def __init__(self, **config):
-        unknown = set(config) - set(DEFAULT_CONFIG)
-        if unknown:
-            raise TypeError(f"unknown CCSTAE option(s): {sorted(unknown)}")
-        self.config = {**DEFAULT_CONFIG, **config}
-        sym = self.config["symmetry"]
-        if sym != "auto" and (isinstance(sym, bool) or not isinstance(sym, int) or sym < 1):
-            raise ValueError(f"symmetry must be 'auto' or a positive int, got {sym!r}")
-        for name, (integer, low, low_open) in _NUMERIC_OPTIONS.items():
-            _check_option(name, self.config[name], integer, low, low_open)
-        for name in ("refine", "mask_schedule"):
-            if not isinstance(self.config[name], (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {self.config[name]!r}")
-        if self.config["coarse_sigma"] > self.config["size"] / 2:
-            raise ValueError(
-                f"coarse_sigma must be <= size / 2 = {self.config['size'] / 2:g} model "
-                f"pixels, got {self.config['coarse_sigma']!r}"
-            )
-        rs = self.config["refine_size"]
-        integral = isinstance(rs, numbers.Integral) and not isinstance(rs, bool)
-        if rs is not None and not (integral and 16 <= rs <= 512):
-            raise ValueError(f"refine_size must be None or an int in [16, 512], got {rs!r}")
-        if self.config["spot_threshold"] >= 1:
-            raise ValueError(
-                f"spot_threshold must be in (0, 1), got {self.config['spot_threshold']!r}"
-            )
-        if self.config["spot_texture"] not in SPOT_TEXTURES:
-            raise ValueError(
-                f"spot_texture must be one of {SPOT_TEXTURES}, got "
-                f"{self.config['spot_texture']!r}"
-            )
-        bg = self.config["background"]
-        if bg not in BACKGROUNDS:
-            raise ValueError(f"background must be one of {BACKGROUNDS}, got {bg!r}")
-        if self.config["width"] % 4:
-            raise ValueError(f"width must be a multiple of 4, got {self.config['width']}")
-        if self.config["loss"] not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.config['loss']!r}")
-        if self.config["loss"] == "poisson" and self.config["scaling"] != "linear":
-            raise ValueError(
-                "loss='poisson' needs linear intensities: pass scaling='linear' "
-                f"(got scaling={self.config['scaling']!r})"
-            )
+        self.config = check_config(config)
         self.net: CCSTAENet | None = None
         self.spot_model_: SpotModel | None = None
         self.fitted_: FittedState | None = None

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import torch
 
+from .config import LOSSES
 from .warp import warp
 
 __all__ = ["pixel_loss", "cycle_losses", "strain_hinge", "LOSSES"]
-
-#: Per-pixel losses understood by :func:`pixel_loss`.
-LOSSES = ("mse", "l1", "poisson")
 
 
 def pixel_loss(

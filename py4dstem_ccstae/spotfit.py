@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from .affine import _rotation
+from .config import SPOT_TEXTURES, Options
 
 __all__ = [
     "find_spots",
@@ -58,9 +59,6 @@ __all__ = [
     "near_rotation",
     "SPOT_TEXTURES",
 ]
-
-#: Spot models of :func:`refine_spots` (``texture``; the option ``spot_texture``).
-SPOT_TEXTURES = ("fixed", "ramp")
 
 
 def spot_centres(
@@ -113,7 +111,9 @@ def spot_centres(
     return out
 
 
-def find_spots(base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = 0.05):
+def find_spots(
+    base: np.ndarray, ring_mask: np.ndarray, rel_threshold: float = Options.spot_threshold
+):
     """Spots of a learned base: sub-pixel offsets and the compared radius.
 
     Peaks of the smoothed, background-subtracted base inside the ring mask

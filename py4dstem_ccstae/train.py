@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import Options
 from .losses import cycle_losses, strain_hinge
 from .model import CCSTAENet
 from .spotfit import find_spots
@@ -30,6 +31,10 @@ __all__ = ["TrainConfig", "fit_network", "encode", "resolve_device"]
 @dataclass
 class TrainConfig:
     """Training settings (defaults fixed once, never tuned on ground truth).
+
+    The fields that are also options of the estimator take their defaults
+    from :class:`~py4dstem_ccstae.config.Options` (one definition); the
+    others are fixed here.
 
     Attributes
     ----------
@@ -96,24 +101,24 @@ class TrainConfig:
         operator. 0: off.
     """
 
-    epochs: int = 30
-    epoch_size: int = 1024
-    batch_size: int = 64
-    lr: float = 2e-3
+    epochs: int = Options.epochs
+    epoch_size: int = Options.epoch_size
+    batch_size: int = Options.batch_size
+    lr: float = Options.lr
     cycle_weight: float = 1.0
     hinge_limit: float = 0.06
     hinge_weight: float = 100.0
     patience: int = 4
     min_epochs: int = 12
     min_delta: float = 2e-3
-    mask_schedule: bool = False
+    mask_schedule: bool = Options.mask_schedule
     shrink_start: float = 0.5
-    spot_threshold: float = 0.05
-    coarse_sigma: float = 3.0
-    coarse_epochs: int = 6
-    loss: str = "mse"
-    overshoot: float = 1.0
-    base_l1: float = 0.0
+    spot_threshold: float = Options.spot_threshold
+    coarse_sigma: float = Options.coarse_sigma
+    coarse_epochs: int = Options.coarse_epochs
+    loss: str = Options.loss
+    overshoot: float = Options.overshoot
+    base_l1: float = Options.base_l1
 
 
 def resolve_device(device: str) -> torch.device:

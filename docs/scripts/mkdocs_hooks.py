@@ -73,8 +73,8 @@ def _dataclass_defaults(module: str, name: str) -> dict:
 
 
 def default_config() -> dict:
-    """``DEFAULT_CONFIG`` of the estimator, as written in the source."""
-    return _dict_assignment("estimator", "DEFAULT_CONFIG")
+    """The options' defaults (``config.Options``), as written in the source."""
+    return _dataclass_defaults("config", "Options")
 
 
 def readme_status() -> str:
