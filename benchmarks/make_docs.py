@@ -12,8 +12,10 @@ results from ``benchmarks/benchmarks_reading.md`` (comparison) and
 (Cramer-Rao bound), ``refinement`` and ``refinement_dynamical``
 (refinement options on the noise sweep's and the dynamical data) and
 ``training_options`` (mask schedule and losses), ``phases`` (several
-bases), ``multislice`` (abTEM data), ``texture`` (spot texture models) and
-``large_data`` (distributed prediction, big detectors, a big scan on disk).
+bases), ``multislice`` (abTEM data), ``multislice_crlb`` (its Cramer-Rao
+bound), ``refinement_multislice`` (``refine_size`` on it), ``texture`` (spot
+texture models) and ``large_data`` (distributed prediction, big detectors, a
+big scan on disk).
 ``tests/test_docs.py`` checks that the committed page equals what this script
 produces, so no number is typed by hand.
 """
@@ -67,6 +69,8 @@ def render() -> str:
         "training_options",
         "phases",
         "multislice",
+        "multislice_crlb",
+        "refinement_multislice",
         "texture",
         "large_data",
     ):

@@ -158,13 +158,14 @@ def run(levels, variants, repeats: int, case: str = "noise") -> list[dict]:
 
 
 def markdown(result: dict) -> str:
+    case = result.get("case", "noise")
     lines = [
-        "# Refinement options",
+        "# Refinement options" + ("" if case == "noise" else f": {case}"),
         "",
         f"Command: `{result['command']}`; {result['date']}; {result['machine']}; "
         f"torch threads {result['threads']}; git {result['git']}.",
         "",
-        f"{_title(result.get('case', 'noise'))}, one training per level "
+        f"{_title(case)}, one training per level "
         "(identical for every variant); MAE vs truth "
         "(strain x1e-3, theta in degrees); "
         f"prediction speed: median of {result['repeats']} runs of `strain_map` on "

@@ -207,3 +207,58 @@ def test_multislice_merge_names_every_run(multislice, tmp_path):
     md = (out / "multislice.md").read_text()
     assert "## Si001_grains" in md and "## MoS2_flake" in md and "Si110" not in md
     assert "`run B`" in md and "| 0 | 1.00 / 1.00 / 1.00 | 0.057 |" in md
+
+
+def test_multislice_crlb_rigid_disk_derivative_matches_a_rerendered_pattern():
+    """benchmarks/multislice_crlb.py: the disks it finds and their derivative."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import multislice_crlb as mc
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    S, dq, cell, radius = 64, 0.01, np.array([6.25, 6.25]), 2.5  # 16 px apart
+    origin = np.array([31.5, 31.25])
+    up = 8  # pixel-integrated rendering: 8 x 8 samples per detector pixel
+    yy, xx = (np.mgrid[: S * up, : S * up] + 0.5) / up - 0.5
+    A = np.array([[1.01, 0.02], [-0.01, 0.99]])
+    inner = (slice(8, -8), slice(8, -8))  # the disks at the edge are cut
+
+    def render(A, o=origin, edge=0.8):
+        img = np.zeros((S * up, S * up))
+        for h in range(-3, 4):
+            for k in range(-3, 4):
+                if (h + k) % 2:  # extinct: lattice points without a disk
+                    continue
+                c = o + A @ np.array([h / cell[0], k / cell[1]]) / dq
+                z = np.clip((np.hypot(yy - c[0], xx - c[1]) - radius) / edge, -50, 50)
+                img += (1.0 + 0.1 * h) / (1.0 + np.exp(z))
+        return img.reshape(S, up, S, up).mean((1, 3))
+
+    def true_derivatives(edge, eps=1e-4):
+        E = np.array([[1.0, 0.0], [0.0, 0.0]])  # e_xx, applied as (I - E) @ A
+        exx = render((np.eye(2) - eps * E) @ A, edge=edge)
+        exx -= render((np.eye(2) + eps * E) @ A, edge=edge)
+        row = render(A, origin + [eps, 0], edge) - render(A, origin - [eps, 0], edge)
+        return exx / (2 * eps), row / (2 * eps)
+
+    img = render(A)
+    centres, owner = mc._disks(img, origin, A, cell, dq, radius)
+    assert len(centres) == 13  # the 5 x 5 lattice points less the 12 extinct
+    assert owner.shape == img.shape and set(np.unique(owner)) == set(range(13))
+    for edge in (0.8, 0.05):
+        img = render(A, edge=edge)
+        d, n = mc.derivatives(img, origin, A, cell, dq, radius)
+        assert n == 13
+        lam = img[inner] + 1e-3  # expected counts, a little background
+        for est, true in zip((d[0], d[4]), true_derivatives(edge), strict=True):
+            info = (est[inner] ** 2 / lam).sum() / (true[inner] ** 2 / lam).sum()
+            if edge == 0.8:  # edges a pixel wide: the derivative itself
+                err = np.abs(est[inner] - true[inner]).sum() / np.abs(true[inner]).sum()
+                assert err < 0.1 and 0.95 < info < 1.05
+            else:
+                # sharp edges: the difference spreads the change onto dark
+                # neighbours, so the information is overestimated and the
+                # bound is a lower estimate (what the reading relies on)
+                assert info > 1.0
