@@ -231,8 +231,10 @@ def _run_method(method: str, dc, truth, reference, symmetry: int, config: dict, 
         try:
             with _quiet():
                 if method == "CC-ST-AE":
-                    model = CCSTAE(**config).fit(dc, seed=seed, progress=False)
-                    rs = model.strain_map(dc, reference=reference)
+                    model = CCSTAE(**config)
+                    inputs = model.prepare(dc)  # read once, for fit and the map
+                    model.fit(inputs, seed=seed, progress=False)
+                    rs = model.strain_map(inputs, reference=reference)
                     lock = {
                         "attempts": len(model.fitted_["attempts"]),
                         "sensitivity": model.fitted_["encoder_sensitivity"]["mean"],

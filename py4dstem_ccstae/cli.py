@@ -136,8 +136,10 @@ def _demo(args) -> int:
     print("[3/5] running py4DSTEM's strain pipeline (disk detection, lattice fit)")
     base, details = py4dstem_strain(dc, reference=ref, return_details=True)
     print("[4/5] training the CC-ST-AE (CPU is enough; progress per epoch)")
-    model = CCSTAE().fit(dc, seed=args.seed, device="auto", progress=True)
-    ours = model.strain_map(dc, reference=ref)
+    model = CCSTAE()
+    inputs = model.prepare(dc)  # read once, for fit and the map
+    model.fit(inputs, seed=args.seed, device="auto", progress=True)
+    ours = model.strain_map(inputs, reference=ref)
     lin = truth_transform(truth).strain_linear()
     err = strain_errors(base, truth)
     err_lin = strain_errors(base, truth, truth_values=lin)

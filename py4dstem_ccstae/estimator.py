@@ -123,6 +123,29 @@ class CCSTAE:
         self.history_: list = []
 
     # ------------------------------------------------------------- inputs
+    def prepare(self, data, braggvectors=None) -> DiffractionInputs:
+        """The model's inputs of ``data``: build them once for ``fit`` and ``strain_map``.
+
+        ``model.fit(data)`` followed by ``model.strain_map(data)`` reads and
+        resamples the scan twice (and measures an uncalibrated origin twice);
+        ``inputs = model.prepare(data)`` then ``model.fit(inputs)`` and
+        ``model.strain_map(inputs)`` read it once, with the same results.
+
+        Parameters
+        ----------
+        data : py4DSTEM.DataCube or DiffractionInputs
+            The scan (inputs already prepared are checked and returned).
+        braggvectors : py4DSTEM.BraggVectors, optional
+            Calibrated Bragg vectors (ring mask from the Bragg vector map).
+
+        Returns
+        -------
+        DiffractionInputs
+            For this model's options (before ``fit``) or its fitted geometry
+            (after: field of view, ring and units of the fit).
+        """
+        return self._inputs(data, braggvectors)
+
     def _inputs(self, data, braggvectors=None, fitted=None):
         """:class:`DiffractionInputs` of ``data`` for the geometry of ``fitted``.
 
@@ -285,17 +308,7 @@ class CCSTAE:
             self.config["refine_size"],
         )
         if spot_model.spots is None:
-            ring = tuple(round(float(r), 4) for r in inputs.ring)
-            warnings.warn(
-                "CCSTAE.fit: no Bragg spots found on the learned base (fewer than 2 "
-                f"peaks above spot_threshold={self.config['spot_threshold']:g} inside "
-                f"the ring {ring} {inputs.units}, at size={inputs.size}): the model has "
-                "no lattice to measure and every position of its maps is marked "
-                "invalid. Check 'ring' and 'q_max' (the ring must hold the Bragg "
-                "disks) and 'size' (disks must span a few pixels).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            _warn_no_spots(inputs, self.config["spot_threshold"])
         spot_gain = None
         if spot_model.spots is not None and self.config["refine"]:
             spot_model, gain = self._fit_spot_model(spot_model, inputs, X, train_idx)
@@ -523,8 +536,6 @@ class CCSTAE:
             (median spot gain below ``WEAK_GAIN``: vacuum, amorphous or blank
             patterns, with any number of bases).
         """
-        from .losses import cycle_losses
-
         self._require_fitted()
         if client is None and block_rows is None and isinstance(data, (str, os.PathLike)):
             # one process: the file opened lazily and read as a DataCube (a
@@ -545,6 +556,11 @@ class CCSTAE:
             )
         if datapath is not None:
             raise ValueError("datapath: only used when data is a file path")
+        self._check_finite()
+        return self._predict_inputs(self._inputs(data), refine_transforms)
+
+    def _check_finite(self) -> None:
+        """ValueError if the network or the spot model holds NaN or inf."""
         bad = [
             name
             for name, t in [
@@ -561,20 +577,18 @@ class CCSTAE:
                 "its training diverged (as the Poisson loss did before commit "
                 "1061830); fit it again"
             )
-        inputs = self._inputs(data)
+
+    def _predict_inputs(self, inputs: DiffractionInputs, refine_transforms) -> Prediction:
+        """:meth:`predict` of prepared inputs, in this process, batch by batch.
+
+        Memory holds one batch of inputs plus the outputs.
+        """
         dev = next(self.net.parameters()).device
         do_refine = (
             self.config["refine"] if refine_transforms is None else refine_transforms
         )
         sm = self.spot_model_
         spots, spot_mask = sm.spot_mask(inputs.mask)
-        base_spots = sm.base_spots
-        cfg = self._train_config()
-        ring = torch.tensor(inputs.mask, dtype=torch.float32)
-        # a base without spots (vacuum, amorphous) when another base has
-        # them: its patterns carry no lattice and are reported invalid
-        # (no base with spots at all: no lattice anywhere, every position invalid)
-        valid_class = sm.has_lattice
         do_refine = bool(do_refine) and spots is not None
         # the refinement may work on larger patterns than the encoder
         # (refine_size): same field of view, spot offsets scaled
@@ -582,65 +596,31 @@ class CCSTAE:
         fine = inputs if rsize == inputs.size or not do_refine else inputs.resized(rsize)
         # static background: fitted with the patches (background="radial")
         background = None if sm.patches is None else sm.background
-        if background is not None:
-            background = background.to(dev)
-        class_patches = sm.class_patches(self.net.bases, dev) if do_refine else {}
+        ctx = dict(
+            dev=dev,
+            inputs=inputs,
+            fine=fine,
+            do_refine=do_refine,
+            ring=torch.tensor(inputs.mask, dtype=torch.float32),
+            spot_mask=spot_mask,
+            cfg=self._train_config(),
+            background=None if background is None else background.to(dev),
+            patches=sm.class_patches(self.net.bases, dev) if do_refine else {},
+            ref_coverage=self.fitted_.get("spot_coverage")
+            or [None if sp is None else [1.0] * len(sp) for sp in sm.base_spots],
+        )
         N = inputs.n_patterns
         A = torch.empty(N, 2, 2, dtype=torch.float64)
         cls = torch.empty(N, dtype=torch.long)
         error = torch.empty(N, dtype=torch.float64)
         shows = torch.ones(N, dtype=torch.bool)  # the pattern shows its base's spots
         off = np.zeros(N, bool)  # a spot of its base is (partly) off the detector
-        ref_coverage = self.fitted_.get("spot_coverage") or [
-            None if sp is None else [1.0] * len(sp) for sp in base_spots
-        ]
-        # streamed: memory holds one batch of inputs plus the outputs
         for idx, xb in inputs.iter_batches(_PREDICT_BATCH):
-            X = torch.from_numpy(xb)
-            enc = encode(self.net, X)
-            enc["cls"] = pattern_classes(self.net, X, enc, ring, cfg)
-            Ab = enc["A"].to(torch.float64)
-            err = torch.full((len(idx),), float("nan"), dtype=torch.float64)
-            todo = torch.ones(len(idx), dtype=torch.bool)  # error still to compute
-            lattice = torch.ones(len(idx), dtype=torch.bool)
-            if do_refine:
-                Xr = X if fine is inputs else torch.from_numpy(fine.batch(idx))
-                for rows, out in sm.refine(
-                    Xr,
-                    Ab,
-                    enc["cls"],
-                    class_patches,
-                    iterations=int(self.config["refine_steps"]),
-                    background=background,
-                    texture=self.config["spot_texture"],
-                ).values():
-                    Ab[rows], err[rows], todo[rows] = out["A"], out["error"], False
-                    # a pattern that shows none of its base's spots (vacuum,
-                    # amorphous, blank) carries no lattice: same rule as fit's
-                    # vacuum check
-                    lattice[rows] = out["gain"].median(-1).values >= WEAK_GAIN
-            if bool(todo.any()):
-                # encoder only (or a base without spots): masked reconstruction error
-                rows = torch.nonzero(todo)[:, 0]
-                with torch.no_grad():
-                    fwd, _, _ = cycle_losses(
-                        X[rows].to(dev)[:, None],
-                        self.net.bases[enc["cls"][rows].to(dev)],
-                        Ab[rows].to(dev, torch.float32),
-                        spot_mask.to(dev),
-                    )
-                err[rows] = fwd.cpu().to(torch.float64)
-            # a spot that lost part of its disk off the detector (compared with
-            # the training data) cannot be measured there
-            cov = sm.coverage(inputs, idx)
-            for k, (c, ref) in enumerate(zip(cov, ref_coverage, strict=True)):
-                if c is None:
-                    continue
-                lost = ((np.asarray(ref)[None] - c) > COVERAGE_DROP).any(-1)
-                off[idx[lost & (enc["cls"].numpy() == k)]] = True
             t = torch.from_numpy(idx)
-            A[t], cls[t], error[t] = Ab.cpu(), enc["cls"], err
-            shows[t] = lattice
+            A[t], cls[t], error[t], shows[t], lost = self._predict_batch(
+                torch.from_numpy(xb), idx, ctx
+            )
+            off[idx[lost]] = True
         shape = inputs.scan_shape
         if off.any():
             warnings.warn(
@@ -649,16 +629,72 @@ class CCSTAE:
                 "(the origin moved, or a smaller detector): those positions are "
                 "marked invalid (mask 0, NaN strain). Check the origin calibration.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
+        # a base without spots (vacuum, amorphous) when another base has
+        # them: its patterns carry no lattice and are reported invalid
+        # (no base with spots at all: no lattice anywhere, every position invalid)
+        valid = sm.has_lattice[cls] & shows & torch.from_numpy(~off)
         return Prediction(
             A=A.cpu().numpy().astype(np.float64).reshape(*shape, 2, 2),
             cls=cls.numpy().reshape(shape),
             error=error.cpu().numpy().astype(np.float64).reshape(shape),
-            valid=(valid_class[cls] & shows & torch.from_numpy(~off))
-            .numpy()
-            .reshape(shape),
+            valid=valid.numpy().reshape(shape),
         )
+
+    def _predict_batch(self, X: torch.Tensor, idx: np.ndarray, ctx: dict):
+        """One batch: transforms, classes, errors, "shows its lattice", spots off.
+
+        Encoder, class by reconstruction, then the spot model's refinement
+        (or, without it, the masked reconstruction error).
+        """
+        from .losses import cycle_losses
+
+        sm, dev = self.spot_model_, ctx["dev"]
+        enc = encode(self.net, X)
+        enc["cls"] = pattern_classes(self.net, X, enc, ctx["ring"], ctx["cfg"])
+        Ab = enc["A"].to(torch.float64)
+        err = torch.full((len(idx),), float("nan"), dtype=torch.float64)
+        todo = torch.ones(len(idx), dtype=torch.bool)  # error still to compute
+        lattice = torch.ones(len(idx), dtype=torch.bool)
+        if ctx["do_refine"]:
+            fine = ctx["fine"]
+            Xr = X if fine is ctx["inputs"] else torch.from_numpy(fine.batch(idx))
+            for rows, out in sm.refine(
+                Xr,
+                Ab,
+                enc["cls"],
+                ctx["patches"],
+                iterations=int(self.config["refine_steps"]),
+                background=ctx["background"],
+                texture=self.config["spot_texture"],
+            ).values():
+                Ab[rows], err[rows], todo[rows] = out["A"], out["error"], False
+                # a pattern that shows none of its base's spots (vacuum,
+                # amorphous, blank) carries no lattice: same rule as fit's
+                # vacuum check
+                lattice[rows] = out["gain"].median(-1).values >= WEAK_GAIN
+        if bool(todo.any()):
+            # encoder only (or a base without spots): masked reconstruction error
+            rows = torch.nonzero(todo)[:, 0]
+            with torch.no_grad():
+                fwd, _, _ = cycle_losses(
+                    X[rows].to(dev)[:, None],
+                    self.net.bases[enc["cls"][rows].to(dev)],
+                    Ab[rows].to(dev, torch.float32),
+                    ctx["spot_mask"].to(dev),
+                )
+            err[rows] = fwd.cpu().to(torch.float64)
+        # a spot that lost part of its disk off the detector (compared with
+        # the training data) cannot be measured there
+        lost = np.zeros(len(idx), bool)
+        cov = sm.coverage(ctx["inputs"], idx)
+        for k, (c, ref) in enumerate(zip(cov, ctx["ref_coverage"], strict=True)):
+            if c is None:
+                continue
+            gone = ((np.asarray(ref)[None] - c) > COVERAGE_DROP).any(-1)
+            lost |= gone & (enc["cls"].numpy() == k)
+        return Ab.cpu(), enc["cls"], err, lattice, lost
 
     def strain_map(
         self,
@@ -992,6 +1028,21 @@ class CCSTAE:
         return cls._from_state(*read_model(path, datapath), dev)
 
 
+def _warn_no_spots(inputs: DiffractionInputs, threshold: float) -> None:
+    """``fit``'s warning for a model without spots (no lattice to measure)."""
+    ring = tuple(round(float(r), 4) for r in inputs.ring)
+    warnings.warn(
+        "CCSTAE.fit: no Bragg spots found on the learned base (fewer than 2 "
+        f"peaks above spot_threshold={threshold:g} inside "
+        f"the ring {ring} {inputs.units}, at size={inputs.size}): the model has "
+        "no lattice to measure and every position of its maps is marked "
+        "invalid. Check 'ring' and 'q_max' (the ring must hold the Bragg "
+        "disks) and 'size' (disks must span a few pixels).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _gain_summary(spot_gain, num_bases: int) -> tuple[list | None, float | None]:
     """Quantiles of the training patterns' spot gains and the weak fraction.
 
@@ -1111,6 +1162,6 @@ def fit_strain(
     check_datacube(datacube)
     if reference is not None:  # fail before training, not after
         check_reference(reference, tuple(datacube.data.shape[:2]))
-    inputs = model._inputs(datacube, braggvectors)
+    inputs = model.prepare(datacube, braggvectors)
     model.fit(inputs, seed=seed, device=device, progress=progress)
     return model.strain_map(inputs, reference=reference)

@@ -450,10 +450,10 @@ def run_fit(
         ref = _resolve_reference(reference, reference_mask, scan)
         bv = _read_braggvectors(braggvectors, input)
         t1 = time.perf_counter()
+        inputs = model.prepare(dc, bv)  # read once, for fit and the map
         try:
             model.fit(
-                dc,
-                braggvectors=bv,
+                inputs,
                 seed=seed,
                 device=device,
                 progress=progress,
@@ -471,7 +471,7 @@ def run_fit(
                 raise ValueError(msg) from None
             raise
         train_s = time.perf_counter() - t1
-        strain = model.strain_map(dc, reference=ref, frame=frame)
+        strain = model.strain_map(inputs, reference=ref, frame=frame)
         info = _run_info(
             "fit",
             input,

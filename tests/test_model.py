@@ -818,3 +818,28 @@ def test_ramp_texture_follows_a_tilted_disk_texture():
         refine_spots(X, P, cls, torch.tensor(A), spots, 5.0, texture="quadratic")
     with pytest.raises(ValueError, match="spot_texture"):
         CCSTAE(spot_texture="ramp2")
+
+
+def test_prepared_inputs_give_the_same_fit_and_map_reading_the_data_once(
+    data, fitted, monkeypatch
+):
+    import py4dstem_ccstae.adapters as adapters
+
+    dc, _, ref = data
+    calls = []
+    real = adapters.DiffractionInputs.from_datacube.__func__
+
+    def counted(cls, *args, **kwargs):
+        calls.append(1)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(adapters.DiffractionInputs, "from_datacube", classmethod(counted))
+    model = CCSTAE(**FAST)
+    inputs = model.prepare(dc)
+    model.fit(inputs, seed=0, progress=False, device="cpu")
+    a = model.strain_map(inputs, reference=ref)
+    assert len(calls) == 1  # built once for both
+    b = fitted.strain_map(dc, reference=ref)  # fitted on the DataCube itself
+    np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+    # after fit, prepare gives the fitted geometry
+    assert model.prepare(dc).q_max == pytest.approx(model.fitted_["q_max"])
