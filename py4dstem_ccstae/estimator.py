@@ -24,7 +24,7 @@ import torch
 
 from ._validation import check_datacube, check_reference, check_seed
 from .adapters import DiffractionInputs
-from .affine import STRAIN_KEYS, LatticeTransform, reduce_rotation
+from .affine import STRAIN_KEYS
 from .config import DEFAULT_CONFIG, check_config
 from .fitted import FittedState, Prediction
 from .model import CCSTAENet
@@ -40,6 +40,7 @@ from .persistence import (
 )
 from .spotmodel import STATE_KEYS as SPOT_STATE_KEYS
 from .spotmodel import SpotModel, resize_bases
+from .strainmap import relative_strain
 from .symmetry import lattice_symmetry
 from .train import (
     TrainConfig,
@@ -760,69 +761,10 @@ class CCSTAE:
             reference = np.ones(shape, bool)
         reference = check_reference(reference, shape)
         cls, valid = pred["class"], pred["valid"]
-        rel = {k: np.full(shape, np.nan) for k in STRAIN_KEYS}
-        class_reference = {}
-        # classes whose bases show one lattice: one common frame (the anchor
-        # base's), relative to the reference region's median lattice there
         frames = self.fitted_.get("base_frames") or [None] * self.net.num_bases
-        present = [int(k) for k in np.unique(cls[valid])]
-        shared = [k for k in present if frames[k] is not None] if frame != "class" else []
-        ref_shared = reference & valid & np.isin(cls, shared)
-        if frame == "common" and not ref_shared.any():
-            raise ValueError(
-                "frame='common': no position of the reference region belongs to a "
-                "class with a registered frame (fitted_['base_frames'])"
-            )
-        if not ref_shared.any():
-            shared = []
-        A = np.array(pred["A"], dtype=np.float64)
-        if shared:
-            in_shared = np.isin(cls, shared) & valid
-            for k in shared:
-                rows = (cls == k) & valid
-                A[rows] = A[rows] @ np.asarray(frames[k])
-            Tc = LatticeTransform(A)
-            Tc = Tc.relative_to(Tc.reference_from_mask(ref_shared))
-            if len(shared) > 1:
-                # bases registered at different orientations: the measured
-                # lattice's smallest rotation (strain in the reference's axes)
-                Tc = reduce_rotation(Tc, int(self.fitted_["symmetry"]))
-            strain_c = Tc.strain()
-            for key in STRAIN_KEYS:
-                rel[key][in_shared] = strain_c[key][in_shared]
-            for k in shared:
-                class_reference[k] = {
-                    "positions": int(ref_shared.sum()),
-                    "source": "reference",
-                    "frame": "common",
-                }
-        T = LatticeTransform(pred["A"])
-        # the other classes are relative to their own reference: their bases
-        # show another lattice, whose transforms are not comparable
-        for k in present:
-            if k in shared:
-                continue
-            members = (cls == k) & valid
-            ref_k = reference & members
-            source = "reference"
-            if not ref_k.any():
-                if given:
-                    warnings.warn(
-                        f"strain_map: no position of class {k} lies in the reference "
-                        f"region; its strain is relative to the median over its own "
-                        f"{int(members.sum())} positions",
-                        UserWarning,
-                        stacklevel=2,
-                    )
-                ref_k, source = members, "class"
-            strain_k = T.relative_to(T.reference_from_mask(ref_k)).strain()
-            for key in STRAIN_KEYS:
-                rel[key][members] = strain_k[key][members]
-            class_reference[int(k)] = {
-                "positions": int(ref_k.sum()),
-                "source": source,
-                "frame": "own",
-            }
+        rel, class_reference = relative_strain(
+            pred, reference, frames, int(self.fitted_["symmetry"]), frame, warn=given
+        )
         data_ = np.stack(
             [rel[k] for k in STRAIN_KEYS]
             + [valid.astype(float), cls.astype(float), pred["error"]]

@@ -124,6 +124,12 @@ class FittedState:
         else:
             self.extra[key] = value
 
+    def __delitem__(self, key: str) -> None:
+        if key in self._names():
+            setattr(self, key, None)
+        else:
+            del self.extra[key]
+
     def __contains__(self, key) -> bool:
         return key in self._names() or key in self.extra
 
