@@ -34,6 +34,7 @@ import torch
 from .io import OutputExistsError, atomic_write, is_emd_file, reserve_output
 
 __all__ = [
+    "SavedModel",
     "LEGACY_MODEL_FORMAT",
     "MODEL_FORMAT",
     "MODEL_NODE",
@@ -53,6 +54,158 @@ MODEL_METADATA = "ccstae_model"
 #: default name of the model node
 MODEL_NODE = "ccstae_model"
 _EMD_DATA_GROUPS = ("node", "array", "pointlist", "pointlistarray", "custom")
+
+
+class SavedModel:
+    """Saving and loading of a fitted model: the methods ``CCSTAE`` inherits.
+
+    The class that uses it provides ``_saved_state()`` (``(config, fitted,
+    history, arrays)``, RuntimeError when not fitted) and the class method
+    ``_from_state(config, fitted, history, state, device)``.
+    """
+
+    def to_emd(self, name: str = MODEL_NODE):
+        """The fitted model as an emdfile tree (what :meth:`save` writes).
+
+        Parameters
+        ----------
+        name : str
+            Name of the model node (an HDF5 group name: no ``/``).
+
+        Returns
+        -------
+        emdfile.Node
+            A node called ``name`` carrying Metadata ``"ccstae_model"``
+            (``format``, package ``version``, JSON ``config``, ``fitted``,
+            ``history``, ``state_shapes``), a child ``bases``
+            (:class:`py4DSTEM.DiffractionSlice`, shape (K, S, S), model
+            pixels spanning +-``q_max`` in ``fitted["units"]``) and a child
+            Node ``weights`` with one :class:`emdfile.Array` per other
+            network tensor. It sits in a fresh tree whose root is called
+            ``"ccstae"``: graft more nodes next to it
+            (``model_node.root.graft(strain)``) or graft it into another tree
+            (``other_node.graft(model_node)``), save with
+            :func:`py4DSTEM.save` and read it back with :meth:`from_emd`.
+        """
+        return model_to_emd(*self._saved_state(), name)
+
+    @classmethod
+    def from_emd(cls, node, device: str = "cpu") -> SavedModel:
+        """Rebuild a model from the tree :meth:`to_emd` made (e.g. read from a file).
+
+        Parameters
+        ----------
+        node : emdfile.Node
+            The model node, e.g. ``py4DSTEM.read(path, datapath=".../ccstae_model")``.
+        device : str
+            ``"cpu"``, ``"cuda[:n]"`` or ``"auto"``.
+
+        Returns
+        -------
+        CCSTAE
+            Fitted, with ``config``, ``fitted_`` and ``history_`` restored.
+        """
+        from .train import resolve_device
+
+        dev = resolve_device(device)
+        return cls._from_state(*read_model_node(node), dev)
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        append: bool = False,
+        datapath: str | None = None,
+        name: str = MODEL_NODE,
+    ) -> Path:
+        """Save the fitted model to an EMD 1.0 file, atomically.
+
+        The file reads with plain py4DSTEM (no plugin needed): the model is a
+        node ``name`` holding the learned bases as a ``DiffractionSlice``,
+        the weights as ``Array`` s and config/fitted/history as ``Metadata``
+        (see :meth:`to_emd`). A new file holds one EMD tree, root
+        ``"ccstae"``.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Target ``.h5``/``.emd`` file; its folder must exist and be writable.
+        overwrite : bool
+            Without ``append``: replace an existing file. With ``append``:
+            replace a model node of the same ``name`` already at ``datapath``.
+        append : bool
+            Add the model to an existing py4DSTEM/EMD file (e.g. next to the
+            user's DataCube) and keep everything already in it. The file is
+            copied to a temporary file beside it, the model added there, and
+            the copy renamed over the original: a crash leaves the old file
+            intact, but the copy needs as much free disk space as the file.
+            A missing ``path`` is created.
+        datapath : str, optional
+            With ``append``: the existing node (``"root/datacube"``) or root
+            (``"root"``) under which to store the model. Default: the file's
+            only top-level node if its single tree holds exactly one (so
+            ``py4DSTEM.read(path)`` still returns that node, with the model
+            in its tree), else the root of its single tree.
+        name : str
+            Name of the model node.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+
+        Raises
+        ------
+        FileExistsError
+            ``path`` exists and neither ``overwrite`` nor ``append`` is set, or
+            a node ``name`` exists at ``datapath`` and ``overwrite`` is not set
+            (:class:`~py4dstem_ccstae.io.OutputExistsError`, also a ValueError).
+        ValueError
+            Missing or read-only folder; ``append`` to a file that is not EMD
+            1.0; bad ``datapath``; ``datapath`` without ``append``.
+        """
+        self._saved_state()  # RuntimeError when not fitted
+        if datapath is not None and not append:
+            raise ValueError("datapath: only used with append=True")
+        node = self.to_emd(name)
+        return save_model(
+            node, Path(path), overwrite=overwrite, append=append, datapath=datapath
+        )
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, device: str = "cpu", *, datapath: str | None = None
+    ) -> SavedModel:
+        """Load a model written by :meth:`save` (or grafted with :meth:`to_emd`).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            An EMD file holding a model anywhere in its trees (alone, beside a
+            DataCube, or in a ``py4dstem-ccstae fit`` output), or a file in
+            the older plain-HDF5 format ``py4dstem_ccstae.CCSTAE/1``.
+        device : str
+            ``"cpu"`` (default), ``"cuda[:n]"`` or ``"auto"``.
+        datapath : str, optional
+            The model node, or a group holding exactly one model, when the
+            file holds several.
+
+        Returns
+        -------
+        CCSTAE
+            Fitted; predictions equal those of the saved model.
+
+        Raises
+        ------
+        ValueError
+            Not a file, not HDF5, no model (under ``datapath``), or several
+            models and no ``datapath``.
+        """
+        from .train import resolve_device
+
+        dev = resolve_device(device)
+        return cls._from_state(*read_model(path, datapath), dev)
 
 
 def model_to_emd(config: dict, fitted: dict, history: list, state: dict, name: str):
