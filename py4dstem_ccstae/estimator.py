@@ -109,14 +109,38 @@ class CCSTAE(SavedModel):
         bases; :mod:`~py4dstem_ccstae.losses`), ``retries`` and
         ``min_sensitivity`` (lock-on check, :meth:`fit`). Every option is
         described in ``docs/configuration.md``.
+
+    Attributes
+    ----------
+    config : dict
+        Every option (defaults filled in, :class:`~py4dstem_ccstae.config.Options`).
+    net_ : CCSTAENet or None
+        The fitted network (encoder and bases); ``net`` is the same.
+    spot_model_ : SpotModel or None
+        The refinement's spots, patches and background per base
+        (:class:`~py4dstem_ccstae.spotmodel.SpotModel`).
+    fitted_ : FittedState or None
+        Geometry, spots and training record
+        (:class:`~py4dstem_ccstae.fitted.FittedState`).
+    history_ : list of dict
+        Per-epoch losses of the kept training attempt.
     """
 
     def __init__(self, **config):
         self.config = check_config(config)
-        self.net: CCSTAENet | None = None
+        self.net_: CCSTAENet | None = None  # the network, once fitted
         self.spot_model_: SpotModel | None = None
         self.fitted_: FittedState | None = None
         self.history_: list = []
+
+    @property
+    def net(self) -> CCSTAENet | None:
+        """The fitted network (``net_``; the name of earlier versions)."""
+        return self.net_
+
+    @net.setter
+    def net(self, value) -> None:
+        self.net_ = value
 
     # ------------------------------------------------------------- inputs
     def prepare(self, data, braggvectors=None) -> DiffractionInputs:
@@ -298,7 +322,7 @@ class CCSTAE(SavedModel):
             inputs, X, network, dev, seed, progress, checkpoint, bool(resume), first
         )
         spot_model = SpotModel.find(
-            self.net.bases,
+            self.net_.bases,
             inputs.mask,
             float(self.config["spot_threshold"]),
             self.config["refine_size"],
@@ -321,7 +345,7 @@ class CCSTAE(SavedModel):
         spots, base_spots = spot_model.spots, spot_model.base_spots
         self.fitted_ = FittedState(
             base_frames=spot_model.frames(
-                self.net.bases, sym, float(self.config["max_strain"])
+                self.net_.bases, sym, float(self.config["max_strain"])
             ),
             q_max=float(inputs.q_max),
             ring=[float(r) for r in inputs.ring],
@@ -382,7 +406,7 @@ class CCSTAE(SavedModel):
         return inputs, train_idx, torch.from_numpy(inputs.batch(train_idx))
 
     def _train(self, inputs, X, network, dev, seed, progress, checkpoint, resume, first):
-        """Train with the lock-on check; sets ``net`` and ``history_``.
+        """Train with the lock-on check; sets ``net_`` and ``history_``.
 
         An encoder that never locked on ignores its input (constant output):
         then train again from a new initialisation (``fit``'s Notes). Returns
@@ -433,7 +457,7 @@ class CCSTAE(SavedModel):
                 best = (net, history, sens)
             if locked(sens):
                 break
-        self.net, self.history_, sensitivity = best
+        self.net_, self.history_, sensitivity = best
         if not locked(sensitivity):
             warnings.warn(
                 f"CCSTAE.fit: the encoder did not lock on in {len(attempts)} "
@@ -457,15 +481,15 @@ class CCSTAE(SavedModel):
         """
         rows_sub = _spread(len(X), REALIGN_PATTERNS)
         X_sub = X[rows_sub]
-        enc = encode(self.net, X_sub)
+        enc = encode(self.net_, X_sub)
         rsize = spot_model.refine_size
         if rsize == inputs.size:
-            sub, bases = X_sub, self.net.bases
+            sub, bases = X_sub, self.net_.bases
         else:
             sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[rows_sub]))
-            bases = resize_bases(self.net.bases, rsize)
+            bases = resize_bases(self.net_.bases, rsize)
         mask = torch.tensor(inputs.mask, dtype=torch.float32)
-        cls = pattern_classes(self.net, X_sub, enc, mask, self._train_config())
+        cls = pattern_classes(self.net_, X_sub, enc, mask, self._train_config())
         return spot_model.fit(
             sub,
             enc["A"],
@@ -476,7 +500,7 @@ class CCSTAE(SavedModel):
         )
 
     def _require_fitted(self):
-        if self.net is None:
+        if self.net_ is None:
             raise RuntimeError("CCSTAE is not fitted: call fit() or CCSTAE.load() first")
 
     # ------------------------------------------------------------ predict
@@ -560,8 +584,8 @@ class CCSTAE(SavedModel):
         bad = [
             name
             for name, t in [
-                *self.net.named_parameters(),
-                *self.net.named_buffers(),
+                *self.net_.named_parameters(),
+                *self.net_.named_buffers(),
                 *self.spot_model_.state().items(),
             ]
             if t.is_floating_point() and not bool(torch.isfinite(t).all())
@@ -579,7 +603,7 @@ class CCSTAE(SavedModel):
 
         Memory holds one batch of inputs plus the outputs.
         """
-        dev = next(self.net.parameters()).device
+        dev = next(self.net_.parameters()).device
         do_refine = (
             self.config["refine"] if refine_transforms is None else refine_transforms
         )
@@ -601,7 +625,7 @@ class CCSTAE(SavedModel):
             spot_mask=spot_mask,
             cfg=self._train_config(),
             background=None if background is None else background.to(dev),
-            patches=sm.class_patches(self.net.bases, dev) if do_refine else {},
+            patches=sm.class_patches(self.net_.bases, dev) if do_refine else {},
             ref_coverage=self.fitted_.get("spot_coverage")
             or [None if sp is None else [1.0] * len(sp) for sp in sm.base_spots],
         )
@@ -647,8 +671,8 @@ class CCSTAE(SavedModel):
         from .losses import cycle_losses
 
         sm, dev = self.spot_model_, ctx["dev"]
-        enc = encode(self.net, X)
-        enc["cls"] = pattern_classes(self.net, X, enc, ctx["ring"], ctx["cfg"])
+        enc = encode(self.net_, X)
+        enc["cls"] = pattern_classes(self.net_, X, enc, ctx["ring"], ctx["cfg"])
         Ab = enc["A"].to(torch.float64)
         err = torch.full((len(idx),), float("nan"), dtype=torch.float64)
         todo = torch.ones(len(idx), dtype=torch.bool)  # error still to compute
@@ -676,7 +700,7 @@ class CCSTAE(SavedModel):
             with torch.no_grad():
                 fwd, _, _ = cycle_losses(
                     X[rows].to(dev)[:, None],
-                    self.net.bases[enc["cls"][rows].to(dev)],
+                    self.net_.bases[enc["cls"][rows].to(dev)],
                     Ab[rows].to(dev, torch.float32),
                     ctx["spot_mask"].to(dev),
                 )
@@ -756,7 +780,7 @@ class CCSTAE(SavedModel):
             reference = np.ones(shape, bool)
         reference = check_reference(reference, shape)
         cls, valid = pred["class"], pred["valid"]
-        frames = self.fitted_.get("base_frames") or [None] * self.net.num_bases
+        frames = self.fitted_.get("base_frames") or [None] * self.net_.num_bases
         rel, class_reference = relative_strain(
             pred, reference, frames, int(self.fitted_["symmetry"]), frame, warn=given
         )
@@ -784,7 +808,7 @@ class CCSTAE(SavedModel):
     def _saved_state(self) -> tuple[dict, dict, list, dict]:
         """``(config, fitted, history, arrays)`` as saved (persistence's input)."""
         self._require_fitted()
-        tensors = {**self.net.state_dict(), **self.spot_model_.state()}
+        tensors = {**self.net_.state_dict(), **self.spot_model_.state()}
         state = {k: v.detach().cpu().numpy() for k, v in tensors.items()}
         return self.config, self.fitted_.to_dict(), self.history_, state
 
@@ -803,7 +827,7 @@ class CCSTAE(SavedModel):
             raise ValueError(f"the model's config is not understood ({err})") from None
         obj.fitted_ = FittedState.from_dict(fitted)
         obj.history_ = history
-        obj.net = CCSTAENet(
+        obj.net_ = CCSTAENet(
             state["bases"].shape[-1],
             num_bases=state["bases"].shape[0],
             symmetry=obj.fitted_["symmetry"],
@@ -814,20 +838,20 @@ class CCSTAE(SavedModel):
         spot_state = {k: state.pop(k) for k in SPOT_STATE_KEYS if k in state}
         obj.spot_model_ = SpotModel.from_saved(
             fitted,
-            obj.net.num_bases,
+            obj.net_.num_bases,
             int(state["bases"].shape[-1]),
             obj.config["refine_size"],
             spot_state,
         )
         try:
-            obj.net.load_state_dict(state)
+            obj.net_.load_state_dict(state)
         except RuntimeError as err:
             first = str(err).strip().splitlines()
             detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
             raise ValueError(
                 f"the model's weights do not fit its network options ({detail})"
             ) from None
-        obj.net.to(dev)
+        obj.net_.to(dev)
         return obj
 
 

@@ -480,7 +480,7 @@ def run_fit(
             reference_mask,
             dc,
             seed=int(seed),
-            device=str(next(model.net.parameters()).device),
+            device=str(next(model.net_.parameters()).device),
             braggvectors=braggvectors or "",
             train_seconds=train_s,
         )
