@@ -28,8 +28,8 @@ at every noise level of ``docs/benchmark_results/benchmark.json``, and set
 beside the MAE measured there for both methods.
 
 The simulator's render arguments (spot vectors, intensities, detector
-matrix, per-position transforms and origins) are recorded by wrapping its
-private ``_render`` during one ``polycrystal`` call.
+matrix, per-position transforms and origins) are recorded by wrapping
+``py4dstem_ccstae.disks.render_patterns`` during one ``polycrystal`` call.
 
 Writes ``crlb.json`` and ``crlb.md`` to ``--out``.
 """
@@ -50,20 +50,21 @@ STEP = 1e-5
 
 def _render_args():
     """Render arguments of the benchmark's noise-sweep simulation."""
-    import py4dstem_ccstae.simulate as sim
+    import py4dstem_ccstae.disks as disks
+    from py4dstem_ccstae.simulate import polycrystal
 
     calls = []
-    real = sim._render
+    real = disks.render_patterns
 
     def record(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    sim._render = record
+    disks.render_patterns = record
     try:
-        sim.polycrystal(scan_shape=(64, 64), pattern_shape=(128, 128), seed=0)
+        polycrystal(scan_shape=(64, 64), pattern_shape=(128, 128), seed=0)
     finally:
-        sim._render = real
+        disks.render_patterns = real
     # the simulator renders the scan in batches of positions (flat scan
     # order); the other arguments are the same in every call
     g, intensity, C, shape, radius, edge = calls[0][2:8]

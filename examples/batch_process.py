@@ -3,7 +3,11 @@
 
 For facility staff: point it at a folder of py4DSTEM/EMD files (one scan
 each) and it writes, for every file, a strain map readable by plain py4DSTEM,
-plus a summary table.
+plus a summary table. A short use of the library's workflows:
+:func:`~py4dstem_ccstae.workflows.run_fit` for the model,
+:func:`~py4dstem_ccstae.workflows.predict_batch` for the scans; the options
+shared with ``py4dstem-ccstae fit`` are declared by
+:mod:`py4dstem_ccstae.cli_options`.
 
 What it does
 ------------
@@ -11,21 +15,21 @@ What it does
    this script (``*_ccstae.h5``) are never taken as inputs.
 2. The model: ``--model FILE`` (anything ``CCSTAE.load`` reads, e.g. a
    ``py4dstem-ccstae fit`` output) or, without it, a model trained on the
-   first file that reads (``py4dstem-ccstae fit``; later files are only
-   predicted). The trained model is also saved as ``OUT/ccstae_model.h5``; a
-   later run reuses that file instead of training again (``--force``
-   retrains).
+   first file that reads (``run_fit``; later files are only predicted). The
+   trained model is also saved as ``OUT/ccstae_model.h5``; a later run
+   reuses that file instead of training again (``--force`` retrains).
 3. For every file: ``OUT/<stem>_ccstae.h5`` holding the RealSlice
    ``ccstae/ccstae_strain`` (``e_xx, e_yy, e_xy, theta, mask, class,
    error``; strains as fractions, ``theta`` in radians, py4DSTEM's
    conventions), optionally ``OUT/<stem>_ccstae.png`` (``--plots``).
    Existing outputs are skipped unless ``--force``.
 4. A file that fails (unreadable, no DataCube, reference outside the scan,
-   ...) is reported and the run goes on.
+   ...) is reported and the run goes on (``predict_batch`` does this).
 5. ``OUT/summary.csv``: one row per file with ``status`` (``fitted``,
    ``predicted``, ``skipped``, ``failed``), the output path, the time (s),
    the scan shape, the median ``e_xx, e_yy, e_xy`` (fractions) and
-   ``theta`` (degrees) over the scan, and the error message of a failed file.
+   ``theta`` (degrees) over the scan (read back from the output), and the
+   error message of a failed file.
 
 Exit code: 0 if every file was processed or skipped, 1 if any failed, 2 for
 bad arguments.
@@ -76,24 +80,9 @@ COLUMNS = (
 )
 
 
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {minimum}, got {text!r}"
-            )
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options (see the module docstring)."""
-    from py4dstem_ccstae.cli import config_option, reference_arg
+    from py4dstem_ccstae import cli_options as opt
 
     p = argparse.ArgumentParser(
         prog="batch_process.py",
@@ -120,54 +109,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="use this saved model instead of training one on the first file",
     )
-    p.add_argument(
-        "--datapath",
-        metavar="P",
-        help="DataCube datapath inside each file (default: each file's only DataCube)",
-    )
-    ref = p.add_mutually_exclusive_group()
-    ref.add_argument(
-        "--reference",
-        type=reference_arg,
-        metavar="R0:R1,C0:C1",
-        help="reference region of every scan: rows R0..R1-1, columns C0..C1-1 "
-        "(default: all positions)",
-    )
-    ref.add_argument(
-        "--reference-mask",
-        metavar="FILE",
-        help=".npy bool array of the scan shape, used for every file",
-    )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="auto: CUDA if available",
-    )
-    p.add_argument(
-        "--epochs", type=_count(1), default=None, metavar="N", help="training epochs (30)"
-    )
-    p.add_argument(
-        "--refine-steps",
-        type=_count(0),
-        default=None,
-        metavar="N",
-        help="per-pattern refinement steps (default: CCSTAE's; 0: none)",
-    )
-    p.add_argument(
-        "--set",
-        type=config_option,
-        action="append",
-        metavar="KEY=VALUE",
-        help="any CCSTAE option for training (docs: Configuration), repeatable, as "
-        "in 'py4dstem-ccstae fit --set'",
-    )
-    p.add_argument("--seed", type=_count(0), default=0, metavar="N", help="random seed (0)")
+    opt.add_scan_options(p)  # --datapath, --reference | --reference-mask, --frame
+    opt.add_device_option(p, "training and inference")
+    opt.add_training_options(p)  # --epochs, --seed, --refine-steps
+    opt.add_config_option(p)  # --set KEY=VALUE
     p.add_argument("--plots", action="store_true", help="also write <stem>_ccstae.png")
     p.add_argument(
         "--force", action="store_true", help="redo existing outputs (and retrain)"
     )
     return p
+
+
+def _error(message: str) -> int:
+    print(f"batch_process.py: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _inputs(folder: Path, pattern: str, out: Path) -> list[Path]:
+    """The files to map: ``folder/pattern``, sorted, without this script's outputs."""
+    from py4dstem_ccstae.workflows import OUTPUT_SUFFIX
+
+    excluded = {(out / MODEL_FILE).resolve(), (out / SUMMARY_FILE).resolve()}
+    return [
+        f
+        for f in sorted(folder.glob(pattern))
+        if f.is_file()
+        and not f.name.endswith(OUTPUT_SUFFIX)
+        and f.resolve() not in excluded
+    ]
 
 
 def _medians(strain) -> dict:
@@ -177,6 +151,12 @@ def _medians(strain) -> dict:
     }
     med["theta_deg"] = float(np.degrees(np.nanmedian(strain.get_slice("theta").data)))
     return {f"median_{k}": f"{v:.6g}" for k, v in med.items()}
+
+
+def _mapped(row: dict, scan_shape, strain, seconds: float) -> None:
+    """Fill a summary row of a mapped file."""
+    row.update(scan_rx=scan_shape[0], scan_ry=scan_shape[1], **_medians(strain))
+    row["seconds"] = f"{seconds:.2f}"
 
 
 def _write_summary(path: Path, rows: list[dict]) -> None:
@@ -191,9 +171,61 @@ def _write_summary(path: Path, rows: list[dict]) -> None:
         Path(tmp).write_text(buf.getvalue())
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+def _fit_first(
+    todo: list[Path], rows: dict, out: Path, args, config: dict, scan: dict, say
+):
+    """Train on the first file of ``todo`` that reads (taken off ``todo``); None if none."""
+    from py4dstem_ccstae.workflows import run_fit
+
+    while todo:
+        f, t0 = todo.pop(0), time.perf_counter()
+        try:
+            res = run_fit(
+                f,
+                out=rows[f]["output"],
+                plot=Path(rows[f]["output"]).with_suffix(".png") if args.plots else None,
+                epochs=args.epochs,
+                seed=args.seed,
+                progress=False,
+                config=config,
+                **scan,
+            )
+        except Exception as err:  # report the bad file and go on with the others
+            rows[f].update(status="failed", output="", message=_one_line(err))
+            rows[f]["seconds"] = f"{time.perf_counter() - t0:.2f}"
+            say(f, f"FAILED: {rows[f]['message']}")
+            continue
+        model_file = out / MODEL_FILE
+        res["model"].save(model_file, overwrite=True)
+        rows[f].update(
+            status="fitted", message=f"model trained here, saved as {model_file}"
+        )
+        _mapped(rows[f], res["scan_shape"], res["strain"], time.perf_counter() - t0)
+        say(f, f"fitted -> {Path(rows[f]['output']).name}")
+        return res["model"]
+    return None
+
+
+def _predict_rest(model, todo: list[Path], rows: dict, out: Path, args, scan: dict, say):
+    """Map ``todo`` with ``predict_batch``; fill each file's row as soon as it is done."""
+    import py4DSTEM
+
+    from py4dstem_ccstae.workflows import STRAIN_DATAPATH, predict_batch
+
+    def report(rec: dict) -> None:
+        row = rows[rec["input"]]
+        if rec["ok"]:
+            strain = py4DSTEM.read(str(rec["output"]), datapath=STRAIN_DATAPATH)
+            row["status"] = "predicted"
+            _mapped(row, rec["scan_shape"], strain, rec["seconds"])
+            say(rec["input"], f"predicted -> {rec['output'].name}")
+        else:
+            row.update(status="failed", output="", message=rec["error"])
+            row["seconds"] = f"{rec['seconds']:.2f}"
+            say(rec["input"], f"FAILED: {rec['error']}")
+
+    if todo:
+        predict_batch(model, todo, out_dir=out, plot=args.plots, report=report, **scan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,112 +234,69 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
     from py4dstem_ccstae import CCSTAE
-    from py4dstem_ccstae.cli import OUTPUT_SUFFIX, run_fit, run_predict
+    from py4dstem_ccstae.cli_options import training_config
+    from py4dstem_ccstae.workflows import OUTPUT_SUFFIX
 
     args = build_parser().parse_args(argv)
     folder = Path(args.folder)
     out = Path(args.out) if args.out else folder / "ccstae"
     if not folder.is_dir():
-        print(
-            f"batch_process.py: error: FOLDER {str(folder)!r} is not a folder",
-            file=sys.stderr,
-        )
-        return 2
+        return _error(f"FOLDER {str(folder)!r} is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        print(f"batch_process.py: error: --out: {_one_line(err)}", file=sys.stderr)
-        return 2
-    model_file = out / MODEL_FILE
-    excluded = {model_file.resolve(), (out / SUMMARY_FILE).resolve()}
-    files = [
-        f
-        for f in sorted(folder.glob(args.pattern))
-        if f.is_file()
-        and not f.name.endswith(OUTPUT_SUFFIX)
-        and f.resolve() not in excluded
-    ]
+        return _error(f"--out: {_one_line(err)}")
+    files = _inputs(folder, args.pattern, out)
     if not files:
-        print(
-            f"batch_process.py: error: no files match {args.pattern!r} in {str(folder)!r}",
-            file=sys.stderr,
-        )
-        return 2
-
+        return _error(f"no files match {args.pattern!r} in {str(folder)!r}")
+    rows = {
+        f: {"input": str(f), "output": str(out / (f.stem + OUTPUT_SUFFIX))} for f in files
+    }
+    if len({r["output"] for r in rows.values()}) < len(files):
+        return _error("two input files have the same name stem (one output each)")
+    try:
+        config = training_config(args.set, args.refine_steps)
+        CCSTAE(**config)  # a bad option fails here, not after the first file
+    except (TypeError, ValueError) as err:
+        return _error(f"--set: {err}")
     model = None
-    if args.model or (model_file.exists() and not args.force):
-        source = Path(args.model) if args.model else model_file
+    if args.model or ((out / MODEL_FILE).exists() and not args.force):
+        source = Path(args.model) if args.model else out / MODEL_FILE
         try:
             model = CCSTAE.load(source, device=args.device)
         except ValueError as err:
-            print(f"batch_process.py: error: --model: {err}", file=sys.stderr)
-            return 2
+            return _error(f"--model: {err}")
         print(f"model: {source}")
 
-    common = dict(
+    scan = dict(
         datapath=args.datapath,
         reference=args.reference,
         reference_mask=args.reference_mask,
         device=args.device,
         force=args.force,
+        frame=args.frame,
     )
-    refine = dict(args.set or [])
-    if args.refine_steps is not None:
-        refine.update(refine=args.refine_steps > 0, refine_steps=max(args.refine_steps, 1))
-    try:
-        CCSTAE(**refine)  # a bad option fails here, not after the first file
-    except (TypeError, ValueError) as err:
-        print(f"batch_process.py: error: --set: {err}", file=sys.stderr)
-        return 2
-    rows: list[dict] = []
+    number = {f: i for i, f in enumerate(files, 1)}
+
+    def say(f: Path, text: str) -> None:
+        print(f"[{number[f]}/{len(files)}] {f.name}: {text}")
+
     t_all = time.perf_counter()
-    for i, f in enumerate(files, 1):
-        target = out / (f.stem + OUTPUT_SUFFIX)
-        plot = out / (f.stem + "_ccstae.png") if args.plots else None
-        row = {"input": str(f), "output": str(target)}
-        print(f"[{i}/{len(files)}] {f.name}: ", end="", flush=True)
-        if target.exists() and not args.force:
-            row.update(status="skipped", message="output exists (use --force to redo)")
-            print("skipped (output exists)")
-            rows.append(row)
-            continue
-        t0 = time.perf_counter()
-        try:
-            if model is None:
-                res = run_fit(
-                    f,
-                    out=target,
-                    plot=plot,
-                    epochs=args.epochs,
-                    seed=args.seed,
-                    progress=False,
-                    config=refine,
-                    **common,
-                )
-                model = res["model"]
-                model.save(model_file, overwrite=True)
-                row["status"] = "fitted"
-                row["message"] = f"model trained here, saved as {model_file}"
-            else:
-                res = run_predict(model, f, out=target, plot=plot, **common)
-                row["status"] = "predicted"
-        except Exception as err:  # report the bad file and go on with the others
-            row.update(status="failed", output="", message=_one_line(err))
-            print(f"FAILED: {row['message']}")
+    todo = []
+    for f in files:
+        if Path(rows[f]["output"]).exists() and not args.force:
+            rows[f].update(status="skipped", message="output exists (use --force to redo)")
+            say(f, "skipped (output exists)")
         else:
-            row.update(
-                scan_rx=res["scan_shape"][0],
-                scan_ry=res["scan_shape"][1],
-                **_medians(res["strain"]),
-            )
-            print(f"{row['status']} -> {target.name}")
-        row["seconds"] = f"{time.perf_counter() - t0:.2f}"
-        rows.append(row)
+            todo.append(f)
+    if model is None:
+        model = _fit_first(todo, rows, out, args, config, scan, say)
+    _predict_rest(model, todo, rows, out, args, scan, say)
 
     summary = out / SUMMARY_FILE
-    _write_summary(summary, rows)
+    _write_summary(summary, list(rows.values()))
     counts = {
-        s: sum(r["status"] == s for r in rows)
+        s: sum(r["status"] == s for r in rows.values())
         for s in ("fitted", "predicted", "skipped", "failed")
     }
     print(
@@ -315,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         + f"; summary: {summary}"
     )
-    for r in rows:
+    for r in rows.values():
         if r["status"] == "failed":
             print(f"  failed: {r['input']}: {r['message']}", file=sys.stderr)
     return 1 if counts["failed"] else 0

@@ -1,18 +1,28 @@
 """py4dstem-ccstae: CC-ST-AE neural strain mapping for 4D-STEM, as a py4DSTEM extension.
 
-Modules (imports point one way, down this list):
+The chain, one stage per module (imports point one way; the full table,
+checked by the tests, is ``docs/architecture.md``):
 
-* :mod:`~py4dstem_ccstae.affine` - torch-free lattice transform and strain conventions
-* :mod:`~py4dstem_ccstae.noise` - the paper's background-noise model, dose-limited noise
-* :mod:`~py4dstem_ccstae.simulate` - ground-truth polycrystal simulator
-* :mod:`~py4dstem_ccstae.baseline` - py4DSTEM's own strain pipeline, automated
-* :mod:`~py4dstem_ccstae.metrics` - errors against ground truth
-* :mod:`~py4dstem_ccstae.io` - atomic EMD/HDF5 writes
-* :mod:`~py4dstem_ccstae.adapters` - calibrated, scaled, masked inputs from a DataCube
-* :mod:`~py4dstem_ccstae.warp`, ``model``, ``losses``, ``train`` - the CC-ST-AE (torch)
-* :mod:`~py4dstem_ccstae.estimator` - ``CCSTAE`` and ``fit_strain``
-* :mod:`~py4dstem_ccstae.benchmark` - side-by-side comparison with py4DSTEM
-* :mod:`~py4dstem_ccstae.cli` - the ``py4dstem-ccstae`` command line
+* reading and geometry: :mod:`~py4dstem_ccstae.sources`,
+  :mod:`~py4dstem_ccstae.calibration`, :mod:`~py4dstem_ccstae.sampling`,
+  :mod:`~py4dstem_ccstae.intensity`, and :mod:`~py4dstem_ccstae.adapters`
+  (``DiffractionInputs``: calibrated, scaled, masked inputs from a DataCube)
+* the network and its training: ``warp``, ``model``, ``losses``,
+  ``encoding``, ``bases``, ``train``
+* the per-pattern refinement: ``spotfind``, ``spotpatch``, ``spotfit``,
+  :mod:`~py4dstem_ccstae.spotmodel`
+* the estimator's stages: :mod:`~py4dstem_ccstae.fitting`,
+  :mod:`~py4dstem_ccstae.prediction`, :mod:`~py4dstem_ccstae.strainmap`,
+  ``fitted``, ``persistence``, and :mod:`~py4dstem_ccstae.estimator`
+  (``CCSTAE``, ``fit_strain``)
+* where and around what it runs: :mod:`~py4dstem_ccstae.distributed`,
+  ``workflow_io``, :mod:`~py4dstem_ccstae.workflows`, ``demo``, and the
+  command line :mod:`~py4dstem_ccstae.cli`
+* references: :mod:`~py4dstem_ccstae.affine` (lattice transform and strain
+  conventions), the simulator (:mod:`~py4dstem_ccstae.simulate` and its
+  stages), :mod:`~py4dstem_ccstae.noise`, :mod:`~py4dstem_ccstae.baseline`
+  (py4DSTEM's own pipeline), :mod:`~py4dstem_ccstae.metrics`,
+  :mod:`~py4dstem_ccstae.benchmark`
 """
 
 __version__ = "0.1.0"

@@ -97,3 +97,28 @@ def check_reference(reference, scan_shape: tuple[int, int], name: str = "referen
     if not reference.any():
         raise ValueError(f"{name} selects no scan position")
     return reference
+
+
+def check_int(value, name: str, low: int, high: int | None = None) -> int:
+    """Require an int in ``[low, high]`` (``high`` None: no upper bound)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {bound}, got {value}")
+    return int(value)
+
+
+def check_ring(ring) -> tuple[float, float]:
+    """Require a ring ``(inner, outer)`` of radii with ``0 <= inner < outer``."""
+    try:
+        pair = tuple(ring)
+    except TypeError:
+        raise TypeError(f"ring must be a pair (inner, outer), got {ring!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"ring must be a pair (inner, outer), got {ring!r}")
+    inner = check_number(pair[0], "ring inner radius", low=0.0)
+    outer = check_number(pair[1], "ring outer radius", low=0.0, low_open=True)
+    if inner >= outer:
+        raise ValueError(f"ring must have inner < outer, got ({inner}, {outer})")
+    return inner, outer

@@ -14,379 +14,60 @@ scan, except for an optional cache of the resampled patterns that is kept
 only while it stays under ``cache_mb`` (:meth:`DiffractionInputs.from_datacube`;
 256 MB by default, e.g. a 64x64 scan at ``size=64`` takes 67 MB): it saves
 reading and resampling the data again for every later pass (fit, predict).
-Pages of a ``numpy.memmap`` that have been read stay mapped into the
-process and count in its resident set (RSS) until the kernel reclaims them; so
-after every read from a shared (``'r'``, ``'r+'``, ``'w+'``) memmap the mapping's
-pages are released with ``madvise(MADV_DONTNEED)`` (they stay in the OS page
-cache; nothing is discarded). A ``'c'`` (copy-on-write) memmap is left alone.
+Pages read from a shared ``numpy.memmap`` are released from the process's
+resident set after every read (:mod:`py4dstem_ccstae.sources`).
 
 Geometry
 --------
-Output pixel ``(i, j)`` (``i`` = row = ``qx``, ``j`` = column = ``qy``) is the
-calibrated reciprocal vector::
-
-    q = ((i - (size - 1) / 2) * dq, (j - (size - 1) / 2) * dq),  dq = 2 * q_max / size
-
-in the DataCube's Q units (A^-1, or detector pixels when the units are
-``'pixels'``). The output pixel ``(size - 1) / 2`` (between pixels for even
-``size``) is ``q = 0``. For scan position ``(rx, ry)`` it is sampled at the
-detector location (row, column; pixel ``k`` centred at coordinate ``k``)::
-
-    p = origin(rx, ry) + inv(C) @ q
-
-with ``C = detector_matrix(q_pixel_size, ellipse, QR_rotation, QR_flip)``
-(:func:`py4dstem_ccstae.calibration.detector_matrix`, py4DSTEM's calibration order
-origin -> ellipse -> pixel size -> Q/R rotation). Every calibration is undone,
-so ``qx`` of the output is parallel to the scan axis ``Rx`` and a lattice
-vector ``g`` (A^-1) of the calibrated frame appears at output pixel
-``g / dq + (size - 1) / 2``. Zero outside the detector.
-
-Sampling is *area-averaged* (anti-aliased): each output pixel is the mean of
-``s x s`` bilinear samples spread evenly over its ``dq x dq`` footprint, with
-``s = ceil(dq / d_min)`` (:attr:`DiffractionInputs.supersample`) and ``d_min``
-the smallest detector pixel size in Q units (smallest singular value of
-``C``). Point sampling at a step larger than the detector pixel aliases the
-disk edges, and the aliasing differs from grain to grain (it depends on where
-the disks fall on the output grid), which biased strain by 1-2e-3 per grain.
-With ``dq <= d_min`` (``s = 1``) this is plain bilinear sampling.
-
-Pre-binning
------------
-When the area averaging would need ``s >= 4`` sub-samples per output pixel
-(large detectors, e.g. 256x256 or 512x512 at ``size=64``), the detector is
-first binned by ``b`` (:func:`_bin_factor`: the largest integer with ``b *
-d_max <= dq``), averaging ``b x b`` blocks (trailing rows and columns that
-fill no block are dropped), and resampled from the binned detector. The
-calibration is carried through exactly: binned pixel ``k`` spans raw pixels
-``b k ... b k + b - 1``, so a raw coordinate ``o`` (the origin) is ``(o - (b -
-1) / 2) / b`` binned, the detector matrix is ``b C`` (pixel size x ``b``),
-ellipse and Q/R rotation unchanged. :attr:`DiffractionInputs.bin_factor`
-records ``b``; ``prebin=False`` turns it off.
+The output grid, where it samples the detector (area-averaged, anti-aliased
+resampling; pre-binning of large detectors) and its ring mask are described
+in :mod:`py4dstem_ccstae.sampling`: output pixel ``(i, j)`` is the calibrated
+vector ``q = ((i - (size - 1) / 2) dq, (j - (size - 1) / 2) dq)``, ``dq = 2
+q_max / size``, sampled at detector location ``origin + inv(C) @ q``; every
+calibration (origin, ellipse, pixel size, Q/R rotation and flip) is undone.
 
 Intensities
 -----------
-Scaling (applied to the resampled patterns) is one of ``'linear'`` (``x``),
-``'sqrt'`` (``sqrt(x)``), ``'power'`` (``x ** power``) and ``'log'``
-(``log1p(x / m)``, ``m`` = :attr:`DiffractionInputs.log_reference`, the median
-over batches of each batch's median positive resampled value). The scaled
-values are divided by one global :attr:`DiffractionInputs.intensity_scale`,
-the 99.9th percentile of the scaled mean (linear) resampled pattern. The mean
-is over every pattern of a scan that fits the cache (``cache_mb``), else over
-whole scan rows spread evenly over it, at least 4096 patterns
-(:meth:`DiffractionInputs.stats_indices`).
+Scaled as in :mod:`py4dstem_ccstae.intensity` (``'linear'``, ``'sqrt'``,
+``'power'``, ``'log'``), then divided by one global
+:attr:`DiffractionInputs.intensity_scale`, set from the mean (linear)
+resampled pattern over every pattern of a scan that fits the cache
+(``cache_mb``), else over whole scan rows spread evenly over it, at least 4096
+patterns (:meth:`DiffractionInputs.stats_indices`).
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import mmap
-import numbers
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
-import torch
-from scipy.ndimage import gaussian_filter
 
-from ._validation import check_datacube, check_number
-from .calibration import detector_matrix
+from . import sources
+from ._validation import check_datacube, check_int, check_number, check_ring
+from .calibration import (
+    bragg_summary,
+    calibrated_detector,
+    check_braggvectors,
+    scan_origin,
+)
+from .intensity import (
+    SCALINGS,
+    block_statistics,
+    combine_statistics,
+    exponent,
+    global_scale,
+    scale,
+)
+from .sampling import DetectorSampling, automatic_ring, direct_beam_radius, field_of_view
 
 __all__ = ["DiffractionInputs", "SCALINGS"]
 
-#: Intensity scalings understood by :meth:`DiffractionInputs.from_datacube`.
-SCALINGS = ("linear", "sqrt", "log", "power")
-
-#: Fraction of the largest inscribed circle used for the default ``q_max``.
-_Q_MAX_MARGIN = 0.98
-#: Percentile of the scaled mean pattern used as the global intensity scale.
-_SCALE_PERCENTILE = 99.9
 #: Most patterns resampled at once (bounds the sampling grids' memory).
 _RESAMPLE_CHUNK = 256
 
 
 # ------------------------------------------------------------------- validation
-def _check_int(value, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bound}, got {value}")
-    return int(value)
-
-
-def _check_ring(ring) -> tuple[float, float]:
-    try:
-        pair = tuple(ring)
-    except TypeError:
-        raise TypeError(f"ring must be a pair (inner, outer), got {ring!r}") from None
-    if len(pair) != 2:
-        raise ValueError(f"ring must be a pair (inner, outer), got {ring!r}")
-    inner = check_number(pair[0], "ring inner radius", low=0.0)
-    outer = check_number(pair[1], "ring outer radius", low=0.0, low_open=True)
-    if inner >= outer:
-        raise ValueError(f"ring must have inner < outer, got ({inner}, {outer})")
-    return inner, outer
-
-
-def _check_block(block: np.ndarray, name: str = "datacube") -> None:
-    """Raise if a block of patterns holds NaN/Inf or negative values.
-
-    Unsigned integers (detector counts) pass without a look at the values.
-    """
-    if np.issubdtype(block.dtype, np.unsignedinteger) or block.dtype == bool:
-        return
-    if np.issubdtype(block.dtype, np.floating) and not np.all(np.isfinite(block)):
-        raise ValueError(f"{name} data must be finite, found NaN or Inf")
-    if block.size and block.min() < 0:
-        raise ValueError(f"{name} data must be non-negative, found min {block.min():.4g}")
-
-
-# --------------------------------------------------------------------- reading
-def _shared_mapping(data) -> mmap.mmap | None:
-    """The shared ``mmap.mmap`` behind a numpy memmap (or a view of one), else None.
-
-    Follows ``.base`` to the mapping; None unless a ``numpy.memmap`` on the way
-    has a shared mode (``'r'``, ``'r+'`` or ``'w+'``; ``'c'`` is private).
-    """
-    mode = None
-    obj = data
-    while isinstance(obj, np.ndarray):
-        if isinstance(obj, np.memmap) and mode is None:
-            mode = obj.mode
-        obj = obj.base
-    if isinstance(obj, mmap.mmap) and mode in ("r", "r+", "w+"):
-        return obj
-    return None
-
-
-def _release_pages(data) -> None:
-    """Drop the read pages of a shared numpy memmap from this process's RSS.
-
-    ``madvise(MADV_DONTNEED)`` on a shared file mapping unmaps its pages from
-    the process only: they stay in the page cache (and are written back if
-    dirty) and are mapped again on the next access. No-op for anything else.
-    """
-    mapping = _shared_mapping(data)
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if mapping is None or advice is None or mapping.closed:
-        return
-    try:
-        mapping.madvise(advice)
-    except (OSError, ValueError):  # pragma: no cover - platform dependent
-        pass
-
-
-def _read_patterns(data, indices: np.ndarray, Ry: int) -> np.ndarray:
-    """Patterns at flat scan ``indices`` (row-major over [Rx, Ry]), shape (n, Qx, Qy).
-
-    Reads one contiguous slice ``data[rx, ry0:ry1]`` per scan row touched (sorted,
-    as h5py needs), so only the requested patterns' rows are read.
-    """
-    uniq, inverse = np.unique(indices, return_inverse=True)
-    rx_all, ry_all = np.divmod(uniq, Ry)
-    chunks = []
-    for rx in np.unique(rx_all):
-        ry = ry_all[rx_all == rx]
-        lo, hi = int(ry.min()), int(ry.max())
-        block = np.asarray(data[int(rx), lo : hi + 1])
-        chunks.append(block[ry - lo])
-    out = np.concatenate(chunks, axis=0)
-    _release_pages(data)
-    return out[inverse]
-
-
-def _iter_flat(n: int, batch_size: int) -> Iterator[np.ndarray]:
-    for start in range(0, n, batch_size):
-        yield np.arange(start, min(start + batch_size, n))
-
-
-# ---------------------------------------------------------------------- origin
-def _measure_origin(data, scan_shape, batch_size: int) -> np.ndarray:
-    """Origin per position (Rx, Ry, 2), detector pixels, as py4DSTEM measures it.
-
-    Per pattern: the maximum of the pattern smoothed by a Gaussian of width
-    ``r``, then the centre of mass within ``1.2 r`` of it (py4DSTEM's
-    ``get_origin``); ``r`` is the probe radius from ``get_probe_size`` on the
-    maximum of the first batch with signal (:func:`_probe_radius`). The
-    measured origins (:func:`_measure_patterns`) are then fitted by a plane
-    (py4DSTEM's ``fit_origin``; a constant for a single row or column) over
-    the patterns with signal (:func:`_fit_measured`).
-    """
-    Rx, Ry = scan_shape
-    r = _probe_radius(data, scan_shape, batch_size)
-    meas = np.concatenate(
-        [_measure_patterns(data, idx, Ry, r) for idx in _iter_flat(Rx * Ry, batch_size)]
-    )
-    return _fit_measured(meas, scan_shape)
-
-
-def _probe_radius(data, scan_shape, batch_size: int) -> float | None:
-    """Probe radius (detector pixels) from the first batch with signal; None if none."""
-    from py4DSTEM.process.calibration import get_probe_size
-
-    Rx, Ry = scan_shape
-    for idx in _iter_flat(Rx * Ry, batch_size):
-        dp = _read_patterns(data, idx, Ry)
-        _check_block(dp)
-        if dp.max() > 0:
-            r = float(get_probe_size(dp.max(axis=0).astype(np.float64))[0])
-            return r if np.isfinite(r) and r > 0 else None
-    return None
-
-
-def _measure_patterns(data, indices: np.ndarray, Ry: int, r: float | None) -> np.ndarray:
-    """Measured origins (n, 2) of the patterns at flat ``indices``; NaN without signal."""
-    if r is None:
-        return np.full((len(indices), 2), np.nan)
-    dp = _read_patterns(data, indices, Ry)
-    _check_block(dp)
-    n, Qx, Qy = dp.shape
-    sm = gaussian_filter(dp.astype(np.float64), (0, r, r), mode="nearest")
-    peak = np.stack(np.unravel_index(sm.reshape(n, -1).argmax(1), (Qx, Qy)), -1)
-    ii = np.arange(Qx)[None, :, None]
-    jj = np.arange(Qy)[None, None, :]
-    near = np.hypot(ii - peak[:, 0, None, None], jj - peak[:, 1, None, None]) < 1.2 * r
-    w = dp * near
-    tot = w.sum((1, 2))
-    out = np.empty((n, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out[:, 0] = (w * ii).sum((1, 2)) / tot
-        out[:, 1] = (w * jj).sum((1, 2)) / tot
-    return out
-
-
-def _fit_measured(meas: np.ndarray, scan_shape) -> np.ndarray:
-    """Plane (or constant) fit (Rx, Ry, 2) of measured origins ``meas`` (Rx * Ry, 2).
-
-    Blank patterns (NaN: no signal) have no origin: the fit uses the others;
-    ValueError if every pattern is blank.
-    """
-    from py4DSTEM.process.calibration import fit_origin
-
-    Rx, Ry = scan_shape
-    ok = np.isfinite(meas).all(1).reshape(Rx, Ry)
-    if not ok.any():
-        raise ValueError(
-            "datacube has no origin calibration and no pattern with signal to "
-            "measure it from (every pattern is zero); set the origin with "
-            "datacube.calibration.set_origin"
-        )
-    qx0, qy0 = meas[:, 0].reshape(Rx, Ry), meas[:, 1].reshape(Rx, Ry)
-    rows, cols = np.nonzero(ok)
-    plane = np.unique(rows).size >= 2 and np.unique(cols).size >= 2
-    qx0_fit, qy0_fit, _, _ = fit_origin(
-        (np.where(ok, qx0, 0.0), np.where(ok, qy0, 0.0)),
-        mask=ok,
-        fitfunction="plane" if plane else "constant",
-    )
-    return np.stack([qx0_fit, qy0_fit], -1).astype(np.float64)
-
-
-def _checked_calibration(cal) -> tuple[float, str, tuple | None, float, bool]:
-    """Q pixel size, units, ellipse, Q/R rotation and flip, validated once here.
-
-    Raises ValueError naming the calibration entry when it is not a finite
-    positive pixel size, a single finite ellipse with positive axes, or a
-    finite rotation (missing entries take py4DSTEM's defaults: 1 pixel, no
-    ellipse, no rotation).
-    """
-    qps = cal.get_Q_pixel_size()
-    qps = 1.0 if qps is None else qps
-    if (
-        isinstance(qps, bool)
-        or not isinstance(qps, numbers.Real)
-        or not (np.isfinite(qps) and qps > 0)
-    ):
-        raise ValueError(
-            f"datacube calibration: Q pixel size must be a finite number > 0, got {qps!r} "
-            "(set it with datacube.calibration.set_Q_pixel_size)"
-        )
-    units = cal.get_Q_pixel_units() or "pixels"
-    ellipse = cal.get_ellipse()
-    if ellipse is not None:
-        if any(np.ndim(v) for v in ellipse):
-            raise ValueError(
-                "datacube has a per-position ellipse calibration; only a single "
-                "ellipse (a, b, theta) is supported"
-            )
-        try:
-            ellipse = tuple(float(v) for v in ellipse)
-            a, b, theta = ellipse
-        except (TypeError, ValueError):
-            raise ValueError(
-                "datacube calibration: the ellipse must be three numbers (a, b, theta), "
-                f"got {cal.get_ellipse()!r}"
-            ) from None
-        if not (np.isfinite(ellipse).all() and a > 0 and b > 0):
-            raise ValueError(
-                "datacube calibration: the ellipse (a, b, theta) needs finite values "
-                f"and a, b > 0, got {ellipse}"
-            )
-    rot = cal.get_QR_rotation()
-    rot = 0.0 if rot is None else float(rot)
-    if not np.isfinite(rot):
-        raise ValueError(f"datacube calibration: Q/R rotation must be finite, got {rot}")
-    return float(qps), units, ellipse, rot, bool(cal.get_QR_flip())
-
-
-def _calibrated_origin(cal, scan_shape) -> np.ndarray | None:
-    origin = cal.get_origin()
-    if origin is None:
-        return None
-    qx0, qy0 = (np.broadcast_to(np.asarray(v, np.float64), scan_shape) for v in origin)
-    out = np.stack([qx0, qy0], -1).copy()
-    if not np.isfinite(out).all():
-        bad = np.argwhere(~np.isfinite(out).all(-1))
-        raise ValueError(
-            f"datacube calibration: the origin is not finite at {len(bad)} scan "
-            f"position(s), e.g. {tuple(int(v) for v in bad[0])} (fit it again, or "
-            "clear it with datacube.calibration.set_origin(None) to have it measured)"
-        )
-    return out
-
-
-# ----------------------------------------------------------------- Bragg peaks
-def _bragg_summary(bv, scan_shape, direct_tol: float) -> tuple[float, np.ndarray]:
-    """Median shortest non-direct Bragg length and median spot vectors.
-
-    Calibrated vectors ``bv.cal[rx, ry]`` shorter than ``direct_tol`` are taken
-    as the direct beam. Returns the median over positions of each position's
-    shortest remaining length, and the medians of the vector clusters (greedy,
-    radius a quarter of that length) found in at least half the positions,
-    sorted by length then angle.
-    """
-    Rx, Ry = scan_shape
-    shortest, pooled = [], []
-    for rx in range(Rx):
-        for ry in range(Ry):
-            v = bv.cal[rx, ry]
-            q = np.stack([np.asarray(v.qx, float), np.asarray(v.qy, float)], -1)
-            q = q[np.hypot(q[:, 0], q[:, 1]) > direct_tol]
-            if len(q):
-                shortest.append(np.hypot(q[:, 0], q[:, 1]).min())
-                pooled.append(q)
-    if not shortest:
-        raise ValueError("braggvectors holds no Bragg vectors besides the direct beam")
-    g_min = float(np.median(shortest))
-    q = np.concatenate(pooled)
-    tol = 0.25 * g_min
-    free = np.ones(len(q), bool)
-    peaks = []
-    while free.any():
-        seed = q[np.argmax(free)]
-        members = free & (np.hypot(*(q - seed).T) < tol)
-        centre = np.median(q[members], axis=0)
-        members = free & (np.hypot(*(q - centre).T) < tol)
-        members[np.argmax(free)] = True  # always consume the seed
-        free &= ~members
-        if members.sum() >= 0.5 * Rx * Ry:
-            peaks.append(np.median(q[members], axis=0))
-    peaks = np.array(peaks, dtype=np.float64).reshape(-1, 2)
-    order = np.lexsort((np.arctan2(peaks[:, 1], peaks[:, 0]), np.hypot(*peaks.T)))
-    return g_min, peaks[order]
-
-
 # ------------------------------------------------------------------------ main
 class DiffractionInputs:
     """Calibrated, resampled, intensity-scaled patterns of a DataCube, streamed.
@@ -484,26 +165,12 @@ class DiffractionInputs:
         self._pending: dict | None = None
         # resampled patterns (n_patterns, size, size) float32 when cached
         self._cache: np.ndarray | None = None
-        # detector offsets inv(C) @ q of every output pixel, (size, size, 2)
-        t = (np.arange(size) - (size - 1) / 2.0) * self.dq
-        q = np.stack(np.meshgrid(t, t, indexing="ij"), -1)
-        self._q = q
-        # pre-binning of large detectors (module docs: Pre-binning), then area
-        # averaging: s x s sub-samples per output pixel, on a fine grid whose
-        # s x s blocks are the output pixels, in binned detector pixels
+        # the grid, where it samples the (pre-binned) detector: sampling.py
         self.prebin = bool(prebin)
-        self.bin_factor = _bin_factor(self.dq, C) if self.prebin else 1
-        Cb = C * self.bin_factor
-        d_min = float(np.linalg.svd(Cb, compute_uv=False).min())
-        self.supersample = max(1, math.ceil(self.dq / d_min - 1e-6))
-        s = self.supersample
-        j = np.arange(size * s)
-        tf = ((j + 0.5) / s - 0.5 - (size - 1) / 2.0) * self.dq
-        qf = np.stack(np.meshgrid(tf, tf, indexing="ij"), -1)
-        # binned-detector offsets inv(C b) @ q of every sub-sample, (size*s, size*s, 2)
-        self._offsets = torch.from_numpy(qf @ np.linalg.inv(Cb).T)
-        # ((Qx, Qy), offsets in grid_sample's normalised (x, y), float32); lazy
-        self._unit_offsets: tuple | None = None
+        self._sampling = DetectorSampling(size, q_max, C, self.prebin)
+        self._q = self._sampling.q
+        self.bin_factor = self._sampling.bin_factor
+        self.supersample = self._sampling.supersample
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -664,15 +331,15 @@ class DiffractionInputs:
             Record ``origin`` as measured (:attr:`origin_measured`).
         """
         datacube = check_datacube(datacube, "datacube")
-        size = _check_int(size, "size", 16, 512)
-        batch_size = _check_int(batch_size, "batch_size", 1)
+        size = check_int(size, "size", 16, 512)
+        batch_size = check_int(batch_size, "batch_size", 1)
         if q_max is not None:
             q_max = check_number(q_max, "q_max", low=0.0, low_open=True)
         if not isinstance(scaling, str) or scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
         power = check_number(power, "power", low=0.0, low_open=True)
         if ring is not None:
-            ring = _check_ring(ring)
+            ring = check_ring(ring)
         if not isinstance(prebin, (bool, np.bool_)):
             raise ValueError(f"prebin must be True or False, got {prebin!r}")
 
@@ -680,83 +347,10 @@ class DiffractionInputs:
         Rx, Ry, Qx, Qy = (int(v) for v in data.shape)
         scan_shape = (Rx, Ry)
         if braggvectors is not None:
-            if not hasattr(braggvectors, "cal") or not hasattr(braggvectors, "Rshape"):
-                raise TypeError(
-                    "braggvectors must be a py4DSTEM.BraggVectors, "
-                    f"got {type(braggvectors).__name__}"
-                )
-            bshape = tuple(int(v) for v in braggvectors.Rshape)
-            if bshape != scan_shape:
-                raise ValueError(
-                    f"braggvectors scan shape {bshape} does not match the datacube "
-                    f"scan shape {scan_shape}"
-                )
-
-        # calibration -> detector matrix
-        cal = datacube.calibration
-        expected_units = units
-        qps, units, ellipse, rot, flip = _checked_calibration(cal)
-        if expected_units is not None and units != expected_units:
-            raise ValueError(
-                f"datacube calibration: Q pixel units are {units!r}, but the model "
-                f"works in {expected_units!r} (it was fitted on data calibrated in "
-                f"{expected_units}): calibrate the DataCube as the training data was "
-                "(datacube.calibration.set_Q_pixel_size and set_Q_pixel_units), so "
-                "that the model's field of view means the same"
-            )
-        C = detector_matrix(qps, ellipse, rot, flip)
-
-        measured = bool(origin_measured)
-        if origin is not None:
-            origin = np.asarray(origin, dtype=np.float64)
-            if origin.shape != (Rx, Ry, 2) or not np.isfinite(origin).all():
-                raise ValueError(
-                    f"origin must be a finite array of shape {(Rx, Ry, 2)}, got "
-                    f"shape {origin.shape}"
-                )
-        else:
-            origin = _calibrated_origin(cal, scan_shape)
-            measured = origin is None
-        if origin is None:
-            warnings.warn(
-                "datacube has no origin calibration: measuring it per pattern "
-                "(centre of mass of the brightest disk, py4DSTEM's get_origin) and "
-                "fitting a plane; the datacube's calibration is not modified",
-                UserWarning,
-                stacklevel=2,
-            )
-            origin = _measure_origin(data, scan_shape, batch_size)
-
-        if q_max is not None:
-            # the field of view (+-q_max) must reach the detector somewhere:
-            # beyond its farthest corner there are no pixels at all (and a
-            # huge q_max would make the resampling's supersampling explode)
-            corners = np.array([[0, 0], [0, Qy - 1], [Qx - 1, 0], [Qx - 1, Qy - 1]], float)
-            far = np.linalg.norm(origin.reshape(-1, 1, 2) - corners, axis=-1).max()
-            reach = float(np.linalg.svd(C, compute_uv=False).max()) * float(far)
-            if q_max > reach:
-                raise ValueError(
-                    f"q_max={q_max:g} {units} lies beyond the detector, whose farthest "
-                    f"corner is {reach:.4g} {units} from the origin at this calibration: "
-                    "pass a smaller q_max (or None: automatic)"
-                )
-        if q_max is None:
-            edge = np.minimum.reduce(
-                [
-                    origin[..., 0],
-                    Qx - 1 - origin[..., 0],
-                    origin[..., 1],
-                    Qy - 1 - origin[..., 1],
-                ]
-            )
-            smin = float(np.linalg.svd(C, compute_uv=False).min())
-            q_max = _Q_MAX_MARGIN * float(edge.min()) * smin
-            if q_max <= 0:
-                raise ValueError(
-                    "datacube origin lies outside the detector at some scan positions; "
-                    "cannot choose q_max"
-                )
-
+            check_braggvectors(braggvectors, scan_shape)
+        C, units = calibrated_detector(datacube.calibration, units)
+        origin, measured = scan_origin(datacube, origin, origin_measured, batch_size)
+        q_max = field_of_view(q_max, origin, C, (Qx, Qy), units)
         self = cls(
             data,
             scan_shape=scan_shape,
@@ -770,7 +364,7 @@ class DiffractionInputs:
         )
         self.origin_measured = measured
         self.scaling = scaling
-        self.power = {"linear": 1.0, "sqrt": 0.5, "power": power, "log": None}[scaling]
+        self.power = exponent(scaling, power)
         # what finish() needs besides the pass's statistics
         self._pending = {"ring": ring, "braggvectors": braggvectors}
         return self
@@ -786,25 +380,16 @@ class DiffractionInputs:
         """
         idx_all = np.arange(self.n_patterns) if indices is None else np.asarray(indices)
         idx_all = idx_all.astype(np.int64, copy=False)
-        total = np.zeros((self.size, self.size))
-        medians = []
-        for s in range(0, len(idx_all), self.batch_size):
-            idx = idx_all[s : s + self.batch_size]
-            res = self._resample(idx)
-            if cache is not None:
-                cache[idx] = res
-            total += res.sum(0)
-            if self.scaling == "log":
-                pos = np.where(res > 0, res, np.nan).reshape(len(idx), -1)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
-                    m = np.nanmedian(pos, axis=1)
-                medians.append(m[np.isfinite(m)])
-        return {
-            "total": total,
-            "n": len(idx_all),
-            "medians": np.concatenate(medians) if medians else None,
-        }
+
+        def blocks():
+            for s in range(0, len(idx_all), self.batch_size):
+                idx = idx_all[s : s + self.batch_size]
+                res = self._resample(idx)
+                if cache is not None:
+                    cache[idx] = res
+                yield res
+
+        return block_statistics(blocks(), self.size, self.scaling)
 
     def finish(self, stats: list[dict]) -> DiffractionInputs:
         """Complete a :meth:`plan` from the statistics of :meth:`accumulate` passes.
@@ -820,56 +405,28 @@ class DiffractionInputs:
             raise RuntimeError("finish: these inputs are already finished")
         size, q_max, units, C = self.size, self.q_max, self.units, self.detector_matrix
         ring, braggvectors = pending["ring"], pending["braggvectors"]
-        total = np.zeros((size, size))
-        n = 0
-        medians = []
-        for st in stats:
-            total += st["total"]
-            n += st["n"]
-            if st.get("medians") is not None:
-                medians.append(st["medians"])
-        self.mean_resampled = total / n
-        if self.scaling == "log":
-            medians = np.concatenate(medians) if medians else np.zeros(0)
-            if not medians.size:
-                raise ValueError("datacube data are all zero inside the field of view")
-            self.log_reference = float(np.median(medians))
-        scaled_mean = self._scale(self.mean_resampled)
-        scale = float(np.percentile(scaled_mean, _SCALE_PERCENTILE))
-        if not scale > 0:
-            raise ValueError("datacube data are all zero inside the field of view")
-        self.intensity_scale = scale
+        self.mean_resampled, self.log_reference = combine_statistics(
+            stats, size, self.scaling
+        )
+        self.intensity_scale = global_scale(self._scale(self.mean_resampled))
 
         # ring mask
-        self.direct_beam_radius = self._direct_beam_radius(self.mean_resampled)
+        self.direct_beam_radius = direct_beam_radius(
+            self.mean_resampled, self._q, self.dq, self.q_max
+        )
+        g_min = None
         if braggvectors is not None:
             direct_tol = 3.0 * float(np.linalg.svd(C, compute_uv=False).max())
-            g_min, self.bragg_peaks = _bragg_summary(
+            g_min, self.bragg_peaks = bragg_summary(
                 braggvectors, self.scan_shape, direct_tol
             )
         if ring is not None:
             self.ring, self.ring_source = ring, "user"
         else:
-            outer = 0.95 * q_max
-            if braggvectors is not None:
-                inner, self.ring_source = 0.5 * g_min, "braggvectors"
-            else:
-                inner, self.ring_source = 1.5 * self.direct_beam_radius, "direct_beam"
-                if not np.isfinite(inner):
-                    raise ValueError(
-                        "ring: no direct-beam disk found at the centre of the field of "
-                        "view (mean pattern), so the mask's inner radius cannot be "
-                        f"chosen; check the origin calibration, or pass ring=(inner, "
-                        f"outer) in {units}"
-                    )
-            if not inner < outer:
-                raise ValueError(
-                    f"automatic ring inner radius {inner:.4g} >= outer {outer:.4g} "
-                    f"{units}: pass ring=(inner, outer) or a larger q_max"
-                )
-            self.ring = (float(inner), float(outer))
-        r = np.hypot(self._q[..., 0], self._q[..., 1])
-        self.mask = (r >= self.ring[0]) & (r <= self.ring[1])
+            self.ring, self.ring_source = automatic_ring(
+                q_max, units, self.direct_beam_radius, g_min
+            )
+        self.mask = self._sampling.ring_mask(self.ring)
         self._pending = None
         return self
 
@@ -941,87 +498,13 @@ class DiffractionInputs:
                     for i in range(0, len(indices), _RESAMPLE_CHUNK)
                 ]
             )
-        raw = _read_patterns(self._data, indices, self.scan_shape[1])
-        _check_block(raw)
-        # float32 straight from the stored type (exact for counts < 2**24)
-        img = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[:, None]
-        b = self.bin_factor
-        if b > 1:
-            # b x b blocks averaged (trailing rows/columns that fill no block
-            # dropped); binned pixel k spans raw pixels b k ... b k + b - 1
-            img = torch.nn.functional.avg_pool2d(img, b, b)
-        Qx, Qy = img.shape[-2:]
-        # grid_sample with align_corners=True: -1 and 1 are the outer pixel centres;
-        # bilinear, zero outside (as map_coordinates' grid-constant mode). Grid =
-        # normalised (column, row) of p = origin + offsets, built as one float32
-        # add of the (cached) normalised offsets and the normalised origins
-        to_unit = np.array([2.0 / (Qy - 1), 2.0 / (Qx - 1)])
-        if self._unit_offsets is None or self._unit_offsets[0] != (Qx, Qy):
-            unit = self._offsets.numpy()[..., ::-1] * to_unit
-            self._unit_offsets = ((Qx, Qy), torch.from_numpy(unit.astype(np.float32)))
-        origin = (self.origin.reshape(-1, 2)[indices] - (b - 1) / 2.0) / b  # binned px
-        origin = origin[:, ::-1] * to_unit - 1.0
-        origin = torch.from_numpy(origin.astype(np.float32))
-        grid = origin[:, None, None, :] + self._unit_offsets[1][None]  # (n, Sf, Sf, 2)
-        fine = torch.nn.functional.grid_sample(
-            img, grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )
-        s = self.supersample
-        return torch.nn.functional.avg_pool2d(fine, s, s)[:, 0].double().numpy()
+        raw = sources.read_patterns(self._data, indices, self.scan_shape[1])
+        sources.check_block(raw)
+        return self._sampling.resample(raw, self.origin.reshape(-1, 2)[indices])
 
     def _scale(self, x: np.ndarray, inplace: bool = False) -> np.ndarray:
         """Scaled intensities of ``x``; ``inplace``: ``x`` may be overwritten."""
-        if self.scaling == "linear":
-            return x
-        if self.scaling == "log":
-            return np.log1p(x / self.log_reference)
-        if self.power == 0.5:  # what x ** 0.5 computes, without a copy if allowed
-            return np.sqrt(x, out=x if inplace else None)
-        return x**self.power
-
-    def _direct_beam_radius(self, mean: np.ndarray) -> float:
-        """Radius (Q units) of the direct-beam disk in the mean resampled pattern.
-
-        The radial profile ``P(r)`` of the mean pattern (bins of ``dq / 2``)
-        is weighted by ``r**2``: a halo around the direct beam that decays
-        like ``1 / r**2`` (e.g. the paper's Lorentzian background, or diffuse
-        scattering) becomes flat, while the disk's edge stays a sharp drop.
-        The radius is where ``P`` falls most steeply between the point where
-        ``r**2 P(r)`` (lightly smoothed) first reaches half of its first local
-        maximum and the next minimum of ``r**2 P(r)``. The plain half-maximum of ``P``
-        would return the halo's width, not the disk's, under heavy background.
-        NaN if the profile has no such drop.
-        """
-        r = np.hypot(self._q[..., 0], self._q[..., 1]).ravel()
-        step = self.dq / 2.0
-        nbins = int(self.q_max / step)
-        k = np.minimum((r / step).astype(int), nbins)
-        cnt = np.bincount(k, minlength=nbins + 1)[:nbins]
-        tot = np.bincount(k, weights=mean.ravel(), minlength=nbins + 1)[:nbins]
-        ok = cnt > 0
-        rc = (np.arange(nbins) + 0.5) * step
-        prof = np.interp(rc, rc[ok], tot[ok] / cnt[ok])
-        f = gaussian_filter(rc**2 * prof, 1.0, mode="nearest")
-        peaks = np.nonzero((f[1:-1] >= f[:-2]) & (f[1:-1] > f[2:]))[0] + 1
-        if not peaks.size or not f[peaks[0]] > 0:
-            return float("nan")
-        i0 = peaks[0]
-        # window: from where f first reaches half its first maximum to the
-        # next minimum of f; the edge is the steepest descent of P in it
-        after = np.nonzero((f[i0 + 1 : -1] <= f[i0:-2]) & (f[i0 + 1 : -1] < f[i0 + 2 :]))[0]
-        i1 = i0 + 1 + after[0] if after.size else len(f) - 1
-        ih = int(np.nonzero(f[: i0 + 1] >= 0.5 * f[i0])[0][0])
-        if i1 - ih < 2:
-            return float("nan")
-        d = np.diff(prof[ih : i1 + 1])
-        j = int(np.argmin(d))
-        # parabolic refinement of the steepest point (between bins ih+j, ih+j+1)
-        if 0 < j < len(d) - 1:
-            den = d[j - 1] - 2 * d[j] + d[j + 1]
-            off = 0.5 * (d[j - 1] - d[j + 1]) / den if den != 0 else 0.0
-        else:
-            off = 0.0
-        return float(rc[ih] + (j + 0.5 + off) * step)
+        return scale(x, self.scaling, self.power, self.log_reference, inplace)
 
     def resized(self, size: int) -> DiffractionInputs:
         """The same patterns at another output ``size``.
@@ -1038,7 +521,7 @@ class DiffractionInputs:
         ``size / self.size`` and a lattice transform about ``q = 0`` is the
         same matrix at both sizes.
         """
-        size = _check_int(size, "size", 16, 512)
+        size = check_int(size, "size", 16, 512)
         new = DiffractionInputs(
             self._data,
             scan_shape=self.scan_shape,
@@ -1062,8 +545,7 @@ class DiffractionInputs:
             "bragg_peaks",
         ):
             setattr(new, name, getattr(self, name))
-        r = np.hypot(new._q[..., 0], new._q[..., 1])
-        new.mask = (r >= new.ring[0]) & (r <= new.ring[1])
+        new.mask = new._sampling.ring_mask(new.ring)
         new.mean_resampled = None
         return new
 
@@ -1121,9 +603,9 @@ class DiffractionInputs:
         bs = (
             self.batch_size
             if batch_size is None
-            else _check_int(batch_size, "batch_size", 1)
+            else check_int(batch_size, "batch_size", 1)
         )
-        for idx in _iter_flat(self.n_patterns, bs):
+        for idx in sources.iter_flat(self.n_patterns, bs):
             yield idx, self.batch(idx)
 
     def mean_pattern(self) -> np.ndarray:
@@ -1163,26 +645,14 @@ class DiffractionInputs:
         Returns
         -------
         ndarray float64 (len(indices), n)
-            For every position and disk, the fraction of :data:`_DISK_SAMPLES`
-            points spread evenly over the disk whose detector location
-            ``origin + inv(C) @ (q + d)`` (pixel centres at integer
-            coordinates) lies within ``[0, Qx - 1] x [0, Qy - 1]``. 1: the
-            whole disk is recorded; 0: none of it (the field of view is off
-            the detector there).
+            For every position and disk, the fraction of the disk on the
+            detector (:meth:`~py4dstem_ccstae.sampling.DetectorSampling.coverage`):
+            1, the whole disk is recorded; 0, none of it.
         """
         idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
         q = np.asarray(q, dtype=float).reshape(-1, 2)
-        Qx, Qy = (int(v) for v in self._data.shape[-2:])
-        pts = q[:, None, :] + float(radius) * _disk_points()[None]  # (n, m, 2)
-        offsets = pts @ np.linalg.inv(self.detector_matrix).T
-        p = self.origin.reshape(-1, 2)[idx][:, None, None, :] + offsets[None]
-        inside = (
-            (p[..., 0] >= 0)
-            & (p[..., 0] <= Qx - 1)
-            & (p[..., 1] >= 0)
-            & (p[..., 1] <= Qy - 1)
-        )
-        return inside.mean(-1)
+        origin = self.origin.reshape(-1, 2)[idx]
+        return self._sampling.coverage(origin, self._data.shape[-2:], q, radius)
 
 
 #: Default ``cache_mb`` of :meth:`DiffractionInputs.from_datacube` (MB).
@@ -1191,36 +661,3 @@ CACHE_MB = 256.0
 #: Patterns whose statistics set the intensity scale of a scan too large for
 #: the cache (:meth:`DiffractionInputs.stats_indices`).
 STATS_PATTERNS = 4096
-
-#: Supersampling from which the detector is pre-binned (module docs).
-PREBIN_SUPERSAMPLE = 4
-
-
-def _bin_factor(dq: float, C: np.ndarray) -> int:
-    """Detector pre-binning factor for output pixels of ``dq`` (Q units).
-
-    1 unless area averaging would need ``PREBIN_SUPERSAMPLE`` or more
-    sub-samples per output pixel (``ceil(dq / d_min) >= 4``); then the largest
-    integer ``b`` whose binned pixels are still no larger than an output pixel
-    along any direction (``b * d_max <= dq``, ``d_max`` the largest singular
-    value of ``C``), so the binned detector still samples the model's grid.
-    """
-    sv = np.linalg.svd(C, compute_uv=False)
-    d_min, d_max = float(sv.min()), float(sv.max())
-    if math.ceil(dq / d_min - 1e-6) < PREBIN_SUPERSAMPLE:
-        return 1
-    return max(1, int(math.floor(dq / d_max + 1e-9)))
-
-
-#: Points per disk of :meth:`DiffractionInputs.disk_coverage` (a centre and
-#: rings at radii 1/3, 2/3, 1 with 6, 12, 18 points).
-_DISK_SAMPLES = 37
-
-
-def _disk_points() -> np.ndarray:
-    """``_DISK_SAMPLES`` points spread evenly over the unit disk, (m, 2)."""
-    pts = [np.zeros((1, 2))]
-    for ring, n in ((1 / 3, 6), (2 / 3, 12), (1.0, 18)):
-        a = 2 * np.pi * (np.arange(n) + 0.5 * (ring < 1)) / n
-        pts.append(ring * np.stack([np.cos(a), np.sin(a)], -1))
-    return np.concatenate(pts)

@@ -39,8 +39,6 @@ LOSSES = ("mse", "l1", "poisson")
 #: Spot models of the refinement (option ``spot_texture``;
 #: :func:`~py4dstem_ccstae.spotfit.refine_spots`).
 SPOT_TEXTURES = ("fixed", "ramp")
-#: Intensity scalings of the inputs (option ``scaling``).
-SCALINGS = ("sqrt", "linear", "log", "power")
 
 #: Numeric options: (must be an int, lower bound, bound excluded).
 _NUMERIC = {

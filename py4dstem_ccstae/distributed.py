@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import calibrated_origin, fit_origins, measure_origins, probe_radius
+
 __all__ = ["predict_blocks", "row_blocks", "training_patterns"]
 
 #: Default patterns per block task (rows = max(1, this // Ry)).
@@ -93,11 +95,9 @@ def _in_rows(flat: np.ndarray, r0: int, r1: int, Ry: int) -> np.ndarray:
 
 def _block_origin(source: _Source, r0: int, r1: int, radius: float, block=None):
     """Measured (unfitted) origins of rows ``r0:r1``, (rows * Ry, 2)."""
-    from .adapters import _measure_patterns
-
     data = source.rows(r0, r1, block)
     n = data.shape[0] * data.shape[1]
-    return _measure_patterns(data, np.arange(n), data.shape[1], radius)
+    return measure_origins(data, np.arange(n), data.shape[1], radius)
 
 
 def _block_stats(source: _Source, r0: int, r1: int, plan, subset, block=None) -> dict:
@@ -216,15 +216,10 @@ class _Blocks:
         statistics are summed over the blocks, as one process does. The
         result reads the scan's data (lazily for a file) in this process.
         """
-        from .adapters import (
-            DiffractionInputs,
-            _calibrated_origin,
-            _fit_measured,
-            _probe_radius,
-        )
+        from .adapters import DiffractionInputs
 
         dc, shape = self.dc, self.scan_shape
-        origin, measured = _calibrated_origin(dc.calibration, shape), False
+        origin, measured = calibrated_origin(dc.calibration, shape), False
         if origin is None:
             warnings.warn(
                 "datacube has no origin calibration: measuring it per pattern (centre "
@@ -233,9 +228,9 @@ class _Blocks:
                 UserWarning,
                 stacklevel=4,
             )
-            radius = _probe_radius(dc.data, shape, 256)
+            radius = probe_radius(dc.data, shape, 256)
             meas = np.concatenate(self.run(_block_origin, radius))
-            origin, measured = _fit_measured(meas, shape), True
+            origin, measured = fit_origins(meas, shape), True
         plan = DiffractionInputs.plan(
             dc, origin=origin, origin_measured=measured, **options
         )

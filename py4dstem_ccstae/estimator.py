@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from .adapters import DiffractionInputs
 from .affine import STRAIN_KEYS
 from .config import DEFAULT_CONFIG, check_config
 from .fitted import FittedState, Prediction
+from .fitting import auto_symmetry, fit_spots, network_options, train_locked, training_data
 from .model import CCSTAENet
 from .persistence import (
     SavedModel,
@@ -33,51 +33,18 @@ from .persistence import (
     check_resumable,
     find_models,
 )
+from .prediction import check_finite, predict_inputs
 from .spotmodel import STATE_KEYS as SPOT_STATE_KEYS
-from .spotmodel import SpotModel, resize_bases
+from .spotmodel import SpotModel
 from .strainmap import relative_strain
-from .symmetry import lattice_symmetry
-from .train import (
-    TrainConfig,
-    encode,
-    encoder_sensitivity,
-    fit_network,
-    pattern_classes,
-    resolve_device,
-)
+from .train import TrainConfig, resolve_device
 
 __all__ = ["CCSTAE", "fit_strain", "find_models", "DEFAULT_CONFIG"]
 
 #: Frames of :meth:`CCSTAE.strain_map` for several bases (``frame``).
 FRAMES = ("auto", "common", "class")
 
-#: Largest training set; larger scans train on a fixed random subset.
-MAX_TRAIN_PATTERNS = 16384
-#: Patterns used to re-estimate the bases' spot patches after training.
-REALIGN_PATTERNS = 4096
-
-#: Patterns whose spot geometry decides ``symmetry="auto"``.
-SYMMETRY_PATTERNS = 64
-
-#: Patterns of the lock-on check (:func:`~py4dstem_ccstae.train.encoder_sensitivity`).
-SENSITIVITY_PATTERNS = 256
-#: Seed step between training attempts (attempt ``k`` uses ``seed + k * step``).
-RETRY_SEED_STEP = 1000
-
-#: Median spot gain below which a training pattern shows no lattice of its base.
-WEAK_GAIN = 0.25
-
-#: Fraction of such patterns from which ``fit`` warns (vacuum in the scan).
-WEAK_WARN_FRACTION = 0.05
-
-#: Loss of a spot's disk area on the detector (fraction), relative to the
-#: training data, from which a position is invalid (its field of view is
-#: partly off the detector: the origin moved, or another detector).
-COVERAGE_DROP = 0.2
-
-#: Patterns read and predicted at a time.
-_PREDICT_BATCH = 1024
-
+#: Slices of the strain RealSlice, in order.
 OUTPUT_SLICES = ("e_xx", "e_yy", "e_xy", "theta", "mask", "class", "error")
 
 
@@ -295,52 +262,39 @@ class CCSTAE(SavedModel):
         saved = check_checkpoint(checkpoint, bool(resume), bool(overwrite))
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        inputs, train_idx, X = self._training_data(
-            data, braggvectors, client, datapath, seed
+        inputs, train_idx, X = training_data(
+            data,
+            braggvectors,
+            seed,
+            options=self._input_options(fitted={}),
+            prepare=lambda d, bv: self._inputs(d, bv, fitted={}),
+            client=client,
+            datapath=datapath,
         )
         sym = self.config["symmetry"]
         if sym == "auto":
-            # the lattice's order, from the spot geometry of patterns spread
-            # over the training set (symmetry module docs)
-            some = X[_spread(len(X), SYMMETRY_PATTERNS)].numpy()
-            sym = lattice_symmetry(some, inputs.mask, X.mean(0).numpy())
-        # what a checkpoint must share with this fit to be continued
-        network = {
-            "size": int(inputs.size),
-            "num_bases": int(self.config["num_bases"]),
-            "symmetry": int(sym),
-            "width": int(self.config["width"]),
-            "max_strain": float(self.config["max_strain"]),
-            "scaling": inputs.scaling,
-            "q_max": round(float(inputs.q_max), 9),
-            "ring": [round(float(r), 9) for r in inputs.ring],
-        }
+            sym = auto_symmetry(X, inputs.mask)
+        network = network_options(inputs, self.config, sym)
         if saved is not None and resume:
             check_resumable(checkpoint, saved, network)
         first = int(saved.get("attempt", 0)) if resume and saved is not None else 0
-        attempts, sensitivity = self._train(
-            inputs, X, network, dev, seed, progress, checkpoint, bool(resume), first
+        cfg = self._train_config()
+        self.net_, self.history_, attempts, sensitivity = train_locked(
+            inputs,
+            X,
+            network,
+            self.config,
+            cfg,
+            dev,
+            seed,
+            progress=progress,
+            checkpoint=checkpoint,
+            resume=bool(resume),
+            first=first,
         )
-        spot_model = SpotModel.find(
-            self.net_.bases,
-            inputs.mask,
-            float(self.config["spot_threshold"]),
-            self.config["refine_size"],
+        spot_model, spot_gain_q, weak, coverage = fit_spots(
+            self.net_, inputs, X, train_idx, self.config, cfg
         )
-        if spot_model.spots is None:
-            _warn_no_spots(inputs, self.config["spot_threshold"])
-        spot_gain = None
-        if spot_model.spots is not None and self.config["refine"]:
-            spot_model, gain = self._fit_spot_model(spot_model, inputs, X, train_idx)
-            spot_gain = gain[~torch.isnan(gain)].numpy()
-        spot_gain_q, weak = _gain_summary(spot_gain, self.config["num_bases"])
-        # how much of every spot's disk the training data recorded: predict
-        # flags positions that lose more than COVERAGE_DROP of a disk
-        rows_cov = train_idx[_spread(len(train_idx), REALIGN_PATTERNS)]
-        coverage = [
-            None if cov is None else np.median(cov, 0).round(4).tolist()
-            for cov in spot_model.coverage(inputs, rows_cov)
-        ]
         self.spot_model_ = spot_model
         spots, base_spots = spot_model.spots, spot_model.base_spots
         self.fitted_ = FittedState(
@@ -365,139 +319,6 @@ class CCSTAE(SavedModel):
             attempts=attempts,
         )
         return self
-
-    def _training_data(self, data, braggvectors, client, datapath, seed: int):
-        """``(inputs, train_idx, X)``: the inputs, the training rows and patterns.
-
-        Every pattern, or a fixed random subset of ``MAX_TRAIN_PATTERNS`` of a
-        larger scan (memory stays bounded; the encoder does not need all of
-        them). A path is opened lazily in this process; with ``client`` the
-        subset is read on the cluster.
-        """
-
-        def training_set(n_all: int) -> np.ndarray:
-            if n_all > MAX_TRAIN_PATTERNS:
-                rng = np.random.default_rng(seed)
-                return np.sort(rng.choice(n_all, MAX_TRAIN_PATTERNS, replace=False))
-            return np.arange(n_all)
-
-        if client is None and isinstance(data, (str, os.PathLike)):
-            # one process: the file opened lazily and read as a DataCube
-            # (a scan that fits the cache is read once)
-            from .io import open_datacube
-
-            data, datapath = open_datacube(data, datapath), None
-        if client is not None:
-            from .distributed import training_patterns
-
-            inputs, train_idx, X = training_patterns(
-                data,
-                self._input_options(fitted={}),
-                training_set,
-                braggvectors=braggvectors,
-                client=client,
-                datapath=datapath,
-            )
-            return inputs, train_idx, torch.from_numpy(X)
-        if datapath is not None:
-            raise ValueError("datapath: only used when data is a file path")
-        inputs = self._inputs(data, braggvectors, fitted={})
-        train_idx = training_set(inputs.n_patterns)
-        return inputs, train_idx, torch.from_numpy(inputs.batch(train_idx))
-
-    def _train(self, inputs, X, network, dev, seed, progress, checkpoint, resume, first):
-        """Train with the lock-on check; sets ``net_`` and ``history_``.
-
-        An encoder that never locked on ignores its input (constant output):
-        then train again from a new initialisation (``fit``'s Notes). Returns
-        the attempts' records and the kept network's sensitivity.
-        """
-        mask = torch.tensor(inputs.mask, dtype=torch.float32)
-        cfg = self._train_config()
-        probe = X[_spread(len(X), SENSITIVITY_PATTERNS)]
-        attempts, best = [], None
-        threshold = float(self.config["min_sensitivity"])
-
-        def locked(sens: dict) -> bool:  # min_sensitivity 0: no check
-            return threshold <= 0 or sens["mean"] >= threshold
-
-        for attempt in range(first, 1 + max(first, int(self.config["retries"]))):
-            attempt_seed = seed + attempt * RETRY_SEED_STEP
-            t_attempt = time.perf_counter()
-            torch.manual_seed(attempt_seed)
-            net = CCSTAENet(
-                inputs.size,
-                num_bases=self.config["num_bases"],
-                symmetry=network["symmetry"],
-                max_strain=self.config["max_strain"],
-                width=self.config["width"],
-            ).to(dev)
-            history = fit_network(
-                net,
-                X,
-                mask,
-                cfg,
-                seed=attempt_seed,
-                progress=progress,
-                checkpoint=checkpoint,
-                resume=resume and attempt == first,
-                attempt=attempt,
-                options=network,
-            )
-            sens = encoder_sensitivity(net, _lattice_probes(net, probe, inputs.mask, cfg))
-            attempts.append(
-                {
-                    "seed": attempt_seed,
-                    "epochs": len(history),
-                    "seconds": time.perf_counter() - t_attempt,
-                    "sensitivity": sens,
-                }
-            )
-            if best is None or sens["mean"] > best[2]["mean"]:
-                best = (net, history, sens)
-            if locked(sens):
-                break
-        self.net_, self.history_, sensitivity = best
-        if not locked(sensitivity):
-            warnings.warn(
-                f"CCSTAE.fit: the encoder did not lock on in {len(attempts)} "
-                f"attempt(s) (sensitivity {sensitivity['mean']:.3f} < min_sensitivity "
-                f"{self.config['min_sensitivity']:g}); the strain map comes from the "
-                "per-pattern refinement alone and is less accurate. Try more "
-                "'retries', a larger 'coarse_sigma' or another seed; if the scan "
-                "holds vacuum or amorphous regions, num_bases=2 "
-                "(docs/troubleshooting.md).",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return attempts, sensitivity
-
-    def _fit_spot_model(self, spot_model, inputs, X, train_idx):
-        """The spot model's patches and background from the aligned training patterns.
-
-        A subset spread over the whole training set (not its first rows: the
-        top of the scan), all of it when small enough, at the refinement's
-        size. Returns the fitted spot model and every pattern's median gain.
-        """
-        rows_sub = _spread(len(X), REALIGN_PATTERNS)
-        X_sub = X[rows_sub]
-        enc = encode(self.net_, X_sub)
-        rsize = spot_model.refine_size
-        if rsize == inputs.size:
-            sub, bases = X_sub, self.net_.bases
-        else:
-            sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[rows_sub]))
-            bases = resize_bases(self.net_.bases, rsize)
-        mask = torch.tensor(inputs.mask, dtype=torch.float32)
-        cls = pattern_classes(self.net_, X_sub, enc, mask, self._train_config())
-        return spot_model.fit(
-            sub,
-            enc["A"],
-            cls,
-            bases,
-            iterations=int(self.config["refine_steps"]),
-            background=self.config["background"],
-        )
 
     def _require_fitted(self):
         if self.net_ is None:
@@ -576,145 +397,20 @@ class CCSTAE(SavedModel):
             )
         if datapath is not None:
             raise ValueError("datapath: only used when data is a file path")
-        self._check_finite()
+        check_finite(self.net_, self.spot_model_)
         return self._predict_inputs(self._inputs(data), refine_transforms)
 
-    def _check_finite(self) -> None:
-        """ValueError if the network or the spot model holds NaN or inf."""
-        bad = [
-            name
-            for name, t in [
-                *self.net_.named_parameters(),
-                *self.net_.named_buffers(),
-                *self.spot_model_.state().items(),
-            ]
-            if t.is_floating_point() and not bool(torch.isfinite(t).all())
-        ]
-        if bad:
-            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            raise ValueError(
-                f"the model holds non-finite values (in {', '.join(bad[:3])}{more}): "
-                "its training diverged (as the Poisson loss did before commit "
-                "1061830); fit it again"
-            )
-
     def _predict_inputs(self, inputs: DiffractionInputs, refine_transforms) -> Prediction:
-        """:meth:`predict` of prepared inputs, in this process, batch by batch.
-
-        Memory holds one batch of inputs plus the outputs.
-        """
-        dev = next(self.net_.parameters()).device
-        do_refine = (
-            self.config["refine"] if refine_transforms is None else refine_transforms
+        """:meth:`predict` of prepared inputs, in this process (:mod:`.prediction`)."""
+        return predict_inputs(
+            self.net_,
+            self.spot_model_,
+            self.config,
+            self.fitted_,
+            self._train_config(),
+            inputs,
+            refine_transforms,
         )
-        sm = self.spot_model_
-        spots, spot_mask = sm.spot_mask(inputs.mask)
-        do_refine = bool(do_refine) and spots is not None
-        # the refinement may work on larger patterns than the encoder
-        # (refine_size): same field of view, spot offsets scaled
-        rsize = sm.refine_size
-        fine = inputs if rsize == inputs.size or not do_refine else inputs.resized(rsize)
-        # static background: fitted with the patches (background="radial")
-        background = None if sm.patches is None else sm.background
-        ctx = dict(
-            dev=dev,
-            inputs=inputs,
-            fine=fine,
-            do_refine=do_refine,
-            ring=torch.tensor(inputs.mask, dtype=torch.float32),
-            spot_mask=spot_mask,
-            cfg=self._train_config(),
-            background=None if background is None else background.to(dev),
-            patches=sm.class_patches(self.net_.bases, dev) if do_refine else {},
-            ref_coverage=self.fitted_.get("spot_coverage")
-            or [None if sp is None else [1.0] * len(sp) for sp in sm.base_spots],
-        )
-        N = inputs.n_patterns
-        A = torch.empty(N, 2, 2, dtype=torch.float64)
-        cls = torch.empty(N, dtype=torch.long)
-        error = torch.empty(N, dtype=torch.float64)
-        shows = torch.ones(N, dtype=torch.bool)  # the pattern shows its base's spots
-        off = np.zeros(N, bool)  # a spot of its base is (partly) off the detector
-        for idx, xb in inputs.iter_batches(_PREDICT_BATCH):
-            t = torch.from_numpy(idx)
-            A[t], cls[t], error[t], shows[t], lost = self._predict_batch(
-                torch.from_numpy(xb), idx, ctx
-            )
-            off[idx[lost]] = True
-        shape = inputs.scan_shape
-        if off.any():
-            warnings.warn(
-                f"CCSTAE.predict: at {int(off.sum())} of {N} positions a Bragg spot of "
-                f"the model lies (partly) off the detector, more than at training "
-                "(the origin moved, or a smaller detector): those positions are "
-                "marked invalid (mask 0, NaN strain). Check the origin calibration.",
-                UserWarning,
-                stacklevel=3,
-            )
-        # a base without spots (vacuum, amorphous) when another base has
-        # them: its patterns carry no lattice and are reported invalid
-        # (no base with spots at all: no lattice anywhere, every position invalid)
-        valid = sm.has_lattice[cls] & shows & torch.from_numpy(~off)
-        return Prediction(
-            A=A.cpu().numpy().astype(np.float64).reshape(*shape, 2, 2),
-            cls=cls.numpy().reshape(shape),
-            error=error.cpu().numpy().astype(np.float64).reshape(shape),
-            valid=valid.numpy().reshape(shape),
-        )
-
-    def _predict_batch(self, X: torch.Tensor, idx: np.ndarray, ctx: dict):
-        """One batch: transforms, classes, errors, "shows its lattice", spots off.
-
-        Encoder, class by reconstruction, then the spot model's refinement
-        (or, without it, the masked reconstruction error).
-        """
-        from .losses import cycle_losses
-
-        sm, dev = self.spot_model_, ctx["dev"]
-        enc = encode(self.net_, X)
-        enc["cls"] = pattern_classes(self.net_, X, enc, ctx["ring"], ctx["cfg"])
-        Ab = enc["A"].to(torch.float64)
-        err = torch.full((len(idx),), float("nan"), dtype=torch.float64)
-        todo = torch.ones(len(idx), dtype=torch.bool)  # error still to compute
-        lattice = torch.ones(len(idx), dtype=torch.bool)
-        if ctx["do_refine"]:
-            fine = ctx["fine"]
-            Xr = X if fine is ctx["inputs"] else torch.from_numpy(fine.batch(idx))
-            for rows, out in sm.refine(
-                Xr,
-                Ab,
-                enc["cls"],
-                ctx["patches"],
-                iterations=int(self.config["refine_steps"]),
-                background=ctx["background"],
-                texture=self.config["spot_texture"],
-            ).values():
-                Ab[rows], err[rows], todo[rows] = out["A"], out["error"], False
-                # a pattern that shows none of its base's spots (vacuum,
-                # amorphous, blank) carries no lattice: same rule as fit's
-                # vacuum check
-                lattice[rows] = out["gain"].median(-1).values >= WEAK_GAIN
-        if bool(todo.any()):
-            # encoder only (or a base without spots): masked reconstruction error
-            rows = torch.nonzero(todo)[:, 0]
-            with torch.no_grad():
-                fwd, _, _ = cycle_losses(
-                    X[rows].to(dev)[:, None],
-                    self.net_.bases[enc["cls"][rows].to(dev)],
-                    Ab[rows].to(dev, torch.float32),
-                    ctx["spot_mask"].to(dev),
-                )
-            err[rows] = fwd.cpu().to(torch.float64)
-        # a spot that lost part of its disk off the detector (compared with
-        # the training data) cannot be measured there
-        lost = np.zeros(len(idx), bool)
-        cov = sm.coverage(ctx["inputs"], idx)
-        for k, (c, ref) in enumerate(zip(cov, ctx["ref_coverage"], strict=True)):
-            if c is None:
-                continue
-            gone = ((np.asarray(ref)[None] - c) > COVERAGE_DROP).any(-1)
-            lost |= gone & (enc["cls"].numpy() == k)
-        return Ab.cpu(), enc["cls"], err, lattice, lost
 
     def strain_map(
         self,
@@ -853,76 +549,6 @@ class CCSTAE(SavedModel):
             ) from None
         obj.net_.to(dev)
         return obj
-
-
-def _warn_no_spots(inputs: DiffractionInputs, threshold: float) -> None:
-    """``fit``'s warning for a model without spots (no lattice to measure)."""
-    ring = tuple(round(float(r), 4) for r in inputs.ring)
-    warnings.warn(
-        "CCSTAE.fit: no Bragg spots found on the learned base (fewer than 2 "
-        f"peaks above spot_threshold={threshold:g} inside "
-        f"the ring {ring} {inputs.units}, at size={inputs.size}): the model has "
-        "no lattice to measure and every position of its maps is marked "
-        "invalid. Check 'ring' and 'q_max' (the ring must hold the Bragg "
-        "disks) and 'size' (disks must span a few pixels).",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def _gain_summary(spot_gain, num_bases: int) -> tuple[list | None, float | None]:
-    """Quantiles of the training patterns' spot gains and the weak fraction.
-
-    Warns (from ``fit``) when ``WEAK_WARN_FRACTION`` or more of the patterns
-    show none of their base's spots (vacuum or amorphous regions).
-    """
-    if spot_gain is None or not spot_gain.size:
-        return None, None
-    quantiles = [float(v) for v in np.percentile(spot_gain, [1, 5, 25, 50, 95])]
-    weak = float((spot_gain < WEAK_GAIN).mean())
-    if weak >= WEAK_WARN_FRACTION:
-        hint = (
-            "fit with num_bases=2 so that they get a base of their own"
-            if num_bases == 1
-            else "a larger num_bases may separate them"
-        )
-        warnings.warn(
-            f"CCSTAE.fit: {100 * weak:.0f} % of the training patterns show "
-            f"none of the base's Bragg spots (median spot gain < {WEAK_GAIN:g}): "
-            f"vacuum or amorphous regions in the scan? They are fitted as "
-            f"crystal and degrade the model; {hint} (docs/troubleshooting.md).",
-            UserWarning,
-            stacklevel=3,
-        )
-    return quantiles, weak
-
-
-def _spread(n: int, k: int) -> np.ndarray | slice:
-    """``min(n, k)`` row indices spread evenly over ``range(n)`` (all: ``slice(None)``).
-
-    The training rows follow the scan (row-major), so evenly spaced rows
-    sample the whole scan, not its top.
-    """
-    if n <= k:
-        return slice(None)
-    return np.linspace(0, n - 1, k).astype(int)
-
-
-def _lattice_probes(
-    net: CCSTAENet, probe: torch.Tensor, ring_mask: np.ndarray, cfg: TrainConfig
-) -> torch.Tensor:
-    """The lock-on probes whose base has spots (all of them with one base).
-
-    A pattern of a base without spots (vacuum) has no lattice to follow, so
-    it would pull the encoder's sensitivity towards 0 in proportion to the
-    vacuum in the scan. Falls back to every probe when fewer than 16 remain.
-    """
-    if net.num_bases == 1:
-        return probe
-    lattice = SpotModel.find(net.bases, ring_mask, cfg.spot_threshold).has_lattice
-    mask = torch.tensor(ring_mask, dtype=torch.float32)
-    keep = lattice[pattern_classes(net, probe, encode(net, probe), mask, cfg)]
-    return probe[keep] if int(keep.sum()) >= 16 else probe
 
 
 def _check_prepared(inputs: DiffractionInputs, options: dict) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write",
     "clean_stale_temporaries",
     "find_datacubes",
+    "find_groups",
     "is_emd_file",
     "open_datacube",
     "read_datacube",
@@ -455,20 +456,48 @@ def find_datacubes(path: str | os.PathLike, datapath: str | None = None) -> list
         Datapaths (without leading ``/``) usable as
         ``py4DSTEM.read(path, datapath=...)``, in file order.
     """
+    return find_groups(
+        path, lambda group: group.attrs.get("python_class") == "DataCube", datapath
+    )
+
+
+def find_groups(
+    path: str | os.PathLike,
+    match,
+    datapath: str | None = None,
+    *,
+    descend_matches: bool = True,
+) -> list[str]:
+    """Datapaths of the groups of an HDF5/EMD file for which ``match(group)`` holds.
+
+    The package's one walker of HDF5 trees (:func:`find_datacubes`,
+    :func:`~py4dstem_ccstae.persistence.find_models`): depth first, in file
+    order, from the root or from the group ``datapath`` (ValueError naming
+    ``datapath`` when the file has no such group), skipping
+    ``metadatabundle`` groups; ``descend_matches=False`` does not look
+    inside a matching group.
+
+    Returns
+    -------
+    list of str
+        Datapaths without the leading ``/``.
+    """
     import h5py
 
     found: list[str] = []
     with h5py.File(path, "r") as f:
         start = f
         if datapath:
-            key = datapath.strip("/")
+            key = str(datapath).strip("/")
             if key not in f or not isinstance(f[key], h5py.Group):
                 raise ValueError(f"datapath: no group {datapath!r} in {str(path)!r}")
             start = f[key]
 
         def visit(group):
-            if group.attrs.get("python_class") == "DataCube":
+            if match(group):
                 found.append(group.name.lstrip("/"))
+                if not descend_matches:
+                    return
             for key in group:
                 child = group[key]
                 if isinstance(child, h5py.Group) and key != "metadatabundle":

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import OutputExistsError, atomic_write, is_emd_file, reserve_output
+from .io import OutputExistsError, atomic_write, find_groups, is_emd_file, reserve_output
 
 __all__ = [
     "SavedModel",
@@ -567,22 +567,9 @@ def find_models(path: str | os.PathLike, datapath: str | None = None) -> list[st
         ``py4DSTEM.read(path, datapath=...)`` or
         ``CCSTAE.load(path, datapath=...)``.
     """
-    import h5py
-
-    found: list[str] = []
-    with h5py.File(path, "r") as f:
-        key = str(datapath).strip("/") if datapath else ""
-        start = f[key] if key else f
-        if key and (key not in f or not isinstance(f[key], h5py.Group)):
-            raise ValueError(f"datapath: no group {datapath!r} in {str(path)!r}")
-
-        def visit(group):
-            if group is not f and _is_model_group(group):
-                found.append(group.name.lstrip("/"))
-                return
-            for k, v in group.items():
-                if isinstance(v, h5py.Group) and k != "metadatabundle":
-                    visit(v)
-
-        visit(start)
-    return found
+    return find_groups(
+        path,
+        lambda group: group.name != "/" and _is_model_group(group),
+        datapath,
+        descend_matches=False,
+    )

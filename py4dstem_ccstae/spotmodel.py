@@ -27,14 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .spotfit import (
-    base_patches,
-    find_spots,
-    near_rotation,
-    pattern_background,
-    refine_spots,
-    register_spots,
-)
+from .spotfind import find_spots, near_rotation, register_spots
+from .spotfit import refine_spots
+from .spotpatch import base_patches, pattern_background
 
 __all__ = ["SpotModel", "class_groups", "resize_bases"]
 
@@ -314,7 +309,6 @@ class SpotModel:
                 refine_spots(
                     X[sel],
                     patches[k],
-                    torch.zeros(len(rows), dtype=torch.long),
                     A[sel],
                     self.base_spots[k] * f,
                     r,
@@ -397,7 +391,6 @@ class SpotModel:
                 out = refine_spots(
                     bases[k, :1],
                     patches,
-                    torch.zeros(1, dtype=torch.long),
                     torch.as_tensor(M, dtype=torch.float64)[None],
                     p0,
                     radius * f,

@@ -1,31 +1,47 @@
-"""Training loop and base update (torch); per-pattern refinement is in
-:mod:`py4dstem_ccstae.spotfit`.
+"""Training loop (torch): the network and its bases fitted to the patterns.
 
 Work is on a tensor ``X`` of patterns ``(N, S, S)`` (already calibrated and
 scaled) and a ring mask ``(S, S)``; where the data come from is the
-estimator's business.
-
-Bases are re-estimated after every epoch as the aligned mean of the patterns
-assigned to them (inputs warped into the base frame by the current
-transforms): an average over thousands of patterns is far less noisy than a
-base learned by gradient steps.
+estimator's business. :func:`fit_network` runs the epochs: optimiser steps on
+the reconstruction loss (coarse-to-fine smoothing, :func:`coarse_sigma`;
+with several bases each pattern trains with the one that reconstructs it best,
+:func:`best_bases`), then the bases' re-estimation as the aligned mean of
+their patterns (:mod:`py4dstem_ccstae.bases`), the shrinking mask
+(``mask_schedule``), the plateau stop and the checkpoint. The encoder's read-out
+and the lock-on check are in :mod:`py4dstem_ccstae.encoding`; both modules'
+names are re-exported here. Per-pattern refinement is in
+:mod:`py4dstem_ccstae.spotfit`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .bases import init_bases, update_bases
 from .config import Options
+from .encoding import SENSITIVITY_PROBES, encode, encoder_sensitivity
 from .losses import cycle_losses, strain_hinge
 from .model import CCSTAENet
-from .spotfit import find_spots
+from .spotfind import find_spots
 
-__all__ = ["TrainConfig", "fit_network", "encode", "resolve_device"]
+__all__ = [
+    "TrainConfig",
+    "fit_network",
+    "encode",
+    "encoder_sensitivity",
+    "SENSITIVITY_PROBES",
+    "pattern_classes",
+    "init_bases",
+    "update_bases",
+    "resolve_device",
+]
 
 
 @dataclass
@@ -66,7 +82,7 @@ class TrainConfig:
         Shrinking-mask schedule of the paper: from epoch
         ``shrink_start * epochs`` on, the compared region is the ring mask
         intersected with disks around the spots of the current base
-        (:func:`~py4dstem_ccstae.spotfit.find_spots`), whose radius shrinks
+        (:func:`~py4dstem_ccstae.spotfind.find_spots`), whose radius shrinks
         linearly from twice the spot cell (0.9 x spot spacing: nearly the
         whole ring) to the spot radius at the last epoch. The plateau stop
         restarts whenever the mask changes.
@@ -74,7 +90,7 @@ class TrainConfig:
         Fraction of ``epochs`` after which the mask starts shrinking.
     spot_threshold : float
         Weakest spot of the base used by the schedule, relative to the
-        brightest (``rel_threshold`` of :func:`~py4dstem_ccstae.spotfit.find_spots`).
+        brightest (``rel_threshold`` of :func:`~py4dstem_ccstae.spotfind.find_spots`).
     coarse_sigma : float
         Coarse-to-fine schedule: in the first ``coarse_epochs`` epochs both
         the inputs and the bases are smoothed with a Gaussian of standard
@@ -130,80 +146,6 @@ def resolve_device(device: str) -> torch.device:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but CUDA is not available")
     return torch.device(device)
-
-
-@torch.no_grad()
-def encode(
-    net: CCSTAENet, X: torch.Tensor, batch_size: int = 256
-) -> dict[str, torch.Tensor]:
-    """Run the encoder on all patterns; returns ``A``, ``strain``, ``phi``, ``cls``."""
-    net.eval()
-    outs: dict[str, list] = {"A": [], "strain": [], "phi": [], "cls": []}
-    dev = next(net.parameters()).device
-    for s in range(0, X.shape[0], batch_size):
-        xb = X[s : s + batch_size].to(dev)[:, None]
-        o = net(xb)
-        outs["A"].append(o["A"].cpu())
-        outs["strain"].append(o["strain"].cpu())
-        outs["phi"].append(o["phi"].cpu())
-        outs["cls"].append(o["probs"].argmax(-1).cpu())
-    return {k: torch.cat(v) for k, v in outs.items()}
-
-
-#: Probe transforms of :func:`encoder_sensitivity`: name -> ``T(delta)`` in
-#: pixel ``(qx, qy)`` coordinates (a feature at ``c + g`` moves to ``c + T @ g``).
-SENSITIVITY_PROBES = {
-    "rotation": lambda d: [[math.cos(d), -math.sin(d)], [math.sin(d), math.cos(d)]],
-    "scale_x": lambda d: [[1.0 + d, 0.0], [0.0, 1.0]],
-    "scale_y": lambda d: [[1.0, 0.0], [0.0, 1.0 + d]],
-    "shear": lambda d: [[1.0, d], [d, 1.0]],
-}
-
-
-@torch.no_grad()
-def encoder_sensitivity(
-    net: CCSTAENet, X: torch.Tensor, delta: float = 0.01, batch_size: int = 256
-) -> dict[str, float]:
-    """How much the encoder's transform follows a known warp of its input.
-
-    Each pattern ``x`` of ``X`` (N, S, S) is warped by a small probe
-    transform ``T`` (rotation by ``delta`` rad, scale along ``qx`` or ``qy``
-    by ``1 + delta``, symmetric shear ``delta``; :data:`SENSITIVITY_PROBES`)
-    with :func:`~py4dstem_ccstae.warp.warp`. A working encoder answers with
-    ``A(warp(x, T)) ~= T @ A(x)``; the sensitivity to a probe is the
-    regression slope of the observed change on the expected one,
-
-    ``s = sum <A(warp(x, T)) - A(x), T A(x) - A(x)> / sum |T A(x) - A(x)|^2``
-
-    over all patterns: 1 follows the warp exactly, 0 ignores it. An encoder
-    that never locked on (its features constant over the scan, its output
-    the scan's mean transform) scores ~0 on every probe, whereas one that
-    works scores well above it even on a crystal with no strain at all
-    (the probe transforms are applied, not looked for in the data).
-
-    Returns
-    -------
-    dict
-        Sensitivity per probe name and their mean under ``"mean"``.
-    """
-    from .warp import warp
-
-    dev = next(net.parameters()).device
-    A0 = encode(net, X, batch_size)["A"]
-    out: dict[str, float] = {}
-    for name, make in SENSITIVITY_PROBES.items():
-        T = torch.tensor(make(delta), dtype=torch.float32)
-        warped = []
-        for s in range(0, X.shape[0], batch_size):
-            xb = X[s : s + batch_size].to(dev, torch.float32)[:, None]
-            warped.append(warp(xb, T.to(dev).expand(xb.shape[0], 2, 2))[:, 0].cpu())
-        A1 = encode(net, torch.cat(warped), batch_size)["A"]
-        expected = T @ A0 - A0
-        num = float(((A1 - A0) * expected).sum())
-        den = float((expected * expected).sum())
-        out[name] = num / den if den > 0 else 0.0
-    out["mean"] = float(np.mean([out[k] for k in SENSITIVITY_PROBES]))
-    return out
 
 
 @torch.no_grad()
@@ -269,78 +211,6 @@ def pattern_classes(
     return assign_bases(net, X, enc["A"], mask, config)
 
 
-@torch.no_grad()
-def update_bases(
-    net: CCSTAENet,
-    X: torch.Tensor,
-    A: torch.Tensor,
-    cls: torch.Tensor,
-    batch_size: int = 256,
-) -> None:
-    """Set each base to the aligned mean of its patterns (warped by ``inv(A)``)."""
-    from .warp import warp
-
-    dev = net.bases.device
-    S = net.size
-    acc = torch.zeros(net.num_bases, 1, S, S, device=dev)
-    wsum = torch.zeros(net.num_bases, 1, S, S, device=dev)
-    ones = torch.ones(1, 1, S, S, device=dev)
-    for s in range(0, X.shape[0], batch_size):
-        xb = X[s : s + batch_size].to(dev)[:, None]
-        Ainv = torch.linalg.inv(A[s : s + batch_size].to(dev))
-        aligned = warp(xb, Ainv)
-        cover = warp(ones.expand_as(xb), Ainv)
-        onehot = torch.nn.functional.one_hot(cls[s : s + batch_size].to(dev), net.num_bases)
-        onehot = onehot.to(xb.dtype)
-        acc += torch.einsum("bk,bchw->kchw", onehot, aligned)
-        wsum += torch.einsum("bk,bchw->kchw", onehot, cover)
-    filled = wsum > 1e-6
-    new = torch.where(filled, acc / wsum.clamp_min(1e-6), net.bases.data)
-    net.bases.data.copy_(new)
-
-
-@torch.no_grad()
-def init_bases(
-    net: CCSTAENet,
-    X: torch.Tensor,
-    mask: torch.Tensor,
-    gen: torch.Generator,
-    sample: int = 1024,
-    neighbours: float = 0.03,
-) -> None:
-    """Initial bases: means of groups of mutually similar patterns.
-
-    The mean of *all* patterns smears every spot over the spread of strain
-    and rotation in the scan, which gives the encoder almost no gradient for
-    many epochs. Instead, on a random sample of at most ``sample`` patterns
-    (centred, masked, unit norm), the first seed is the pattern most
-    correlated with the sample mean, each further seed the pattern least
-    correlated with the seeds so far (farthest-point seeding, one per base),
-    and each base is the mean of the ``neighbours`` fraction (at least 8) of
-    the sample most correlated with its seed. Averaging keeps the bases
-    usable under heavy noise.
-    """
-    N = X.shape[0]
-    idx = torch.randperm(N, generator=gen)[: min(N, sample)]
-    Xs = X[idx].to(torch.float32)
-    m = mask.to(torch.float32).flatten()
-    v = Xs.flatten(1) * m
-    v = v - (v.sum(1, keepdim=True) / m.sum()) * m
-    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    mean = v.mean(0)
-    seeds = [int((v @ mean).argmax())]
-    best = v @ v[seeds[0]]
-    for _ in range(1, net.num_bases):
-        seeds.append(int(best.argmin()))
-        best = torch.maximum(best, v @ v[seeds[-1]])
-    k = max(8, int(round(neighbours * len(idx))))
-    bases = []
-    for sd in seeds:
-        near = torch.topk(v @ v[sd], min(k, len(idx))).indices
-        bases.append(Xs[near].mean(0))
-    net.bases.data.copy_(torch.stack(bases)[:, None].to(net.bases.device))
-
-
 def coarse_sigma(config: TrainConfig, epoch: int) -> float:
     """Smoothing (model pixels) of ``epoch`` under the coarse-to-fine schedule.
 
@@ -390,6 +260,231 @@ def _save_checkpoint(path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+@dataclass
+class _RunState:
+    """What training carries from epoch to epoch (and a checkpoint keeps).
+
+    ``history``: the per-epoch records; ``best``, ``stale``: the plateau stop
+    (best loss so far, epochs since it improved by ``min_delta``); ``mask``
+    (S, S): the compared region (the ring, or the mask schedule's spots).
+    """
+
+    history: list[dict]
+    best: float
+    stale: int
+    mask: torch.Tensor
+
+    def plateaued(self, config: TrainConfig) -> bool:
+        """No improvement for ``patience`` epochs, and at least ``min_epochs`` run."""
+        return self.stale >= config.patience and len(self.history) >= config.min_epochs
+
+    def record(self, rec: dict, sigma: float, config: TrainConfig) -> None:
+        """Append an epoch's record and advance the plateau stop."""
+        self.history.append(rec)
+        if sigma > 0:
+            # losses of smoothed patterns are not comparable with the rest
+            self.best, self.stale = math.inf, 0
+        elif rec["loss"] < self.best * (1.0 - config.min_delta):
+            self.best, self.stale = rec["loss"], 0
+        else:
+            self.stale += 1
+
+
+def _resume(
+    checkpoint, net: CCSTAENet, opt, gen: torch.Generator, n_patterns: int
+) -> _RunState:
+    """Network, optimiser and generator restored from ``checkpoint``; its run state.
+
+    Raises ValueError when the checkpoint was written for another number of
+    training patterns or a network of another shape.
+    """
+    dev = next(net.parameters()).device
+    state = torch.load(checkpoint, map_location=dev, weights_only=True)
+    if int(state["n_patterns"]) != n_patterns:
+        n_ckpt = int(state["n_patterns"])
+        raise ValueError(
+            f"checkpoint: {str(checkpoint)!r} was written for {n_ckpt} "
+            f"training patterns, not {n_patterns}"
+        )
+    own = net.state_dict()
+    diff = [
+        f"{k} {tuple(v.shape)} (this network: {tuple(own[k].shape)})"
+        for k, v in state["net"].items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if diff or set(state["net"]) != set(own):
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise ValueError(
+            f"checkpoint: {str(checkpoint)!r} holds a network of another shape "
+            f"({'; '.join(diff[:3]) or 'other tensors'}{more}): it was written "
+            "with other size, width or num_bases; resume with those options"
+        )
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    history = json.loads(state["history"])
+    return _RunState(
+        history, float(state["best"]), int(state["stale"]), state["mask"].to(dev)
+    )
+
+
+def _batch_losses(
+    net: CCSTAENet, xb: torch.Tensor, mask: torch.Tensor, sigma: float, config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Losses of one batch ``xb`` (B, 1, S, S), smoothed by ``sigma`` (model pixels).
+
+    Returns the reconstruction loss (forward + cycle + hinge, mean over the
+    batch), the per-pattern forward and cycle terms, and the class head's
+    cross-entropy (0 with one base).
+    """
+    out = net(xb)
+    xs = gaussian_blur(xb, sigma)
+    class_loss = xb.new_zeros(())
+    if net.num_bases == 1:
+        bs = gaussian_blur(out["base"], sigma)
+    else:
+        # hard assignment: each pattern trains with the base that
+        # reconstructs it best (straight-through onto the class
+        # head's probabilities), and the head learns to predict
+        # that base (cross-entropy)
+        blurred = gaussian_blur(net.bases, sigma)
+        target = best_bases(xs, blurred, out["A"].detach(), mask, config)
+        probs = out["probs"]
+        hard = torch.nn.functional.one_hot(target, net.num_bases)
+        sel = hard.to(probs.dtype) + probs - probs.detach()
+        bs = torch.einsum("bk,kchw->bchw", sel, blurred)
+        # on detached features: the cross-entropy (order 0.1-1)
+        # dwarfs the reconstruction loss (order 1e-4); through the
+        # shared layers it would fill Adam's second moments and
+        # slow the transform's learning for hundreds of steps
+        logits = net.class_head(out["features"].detach())
+        class_loss = torch.nn.functional.cross_entropy(logits.float(), target)
+    fwd, cyc, _ = cycle_losses(
+        xs, bs, out["A"], mask, loss=config.loss, overshoot=config.overshoot
+    )
+    hinge = strain_hinge(out["strain"], config.hinge_limit)
+    loss = (fwd + config.cycle_weight * cyc + config.hinge_weight * hinge).mean()
+    return loss, fwd, cyc, class_loss
+
+
+def _train_epoch(
+    net: CCSTAENet,
+    X: torch.Tensor,
+    perm: torch.Tensor,
+    mask: torch.Tensor,
+    sigma: float,
+    config: TrainConfig,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+) -> dict[str, float]:
+    """Optimiser steps over the patterns ``X[perm]``, ``batch_size`` at a time.
+
+    Returns the epoch's means over the patterns: ``loss`` (reconstruction),
+    ``forward``, ``cycle`` and ``class_loss``. Raises RuntimeError on a
+    non-finite loss.
+    """
+    dev = next(net.parameters()).device
+    amp = dev.type == "cuda"
+    net.train()
+    M = len(perm)
+    tot = fwd_tot = cyc_tot = cls_tot = 0.0
+    for s in range(0, M, config.batch_size):
+        idx = perm[s : s + config.batch_size]
+        xb = X[idx].to(dev)[:, None]
+        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+            loss, fwd, cyc, class_loss = _batch_losses(net, xb, mask, sigma, config)
+        if not math.isfinite(float(loss.detach())):
+            # a NaN step would silently turn every weight into NaN
+            raise RuntimeError(
+                f"CCSTAE.fit: training diverged (non-finite loss in epoch {epoch}) "
+                f"with loss={config.loss!r}, lr={config.lr:g}; try loss='mse' "
+                "(the default) or a smaller lr"
+            )
+        opt.zero_grad(set_to_none=True)
+        # the class head's cross-entropy trains the head; the recorded
+        # loss (and the plateau stop) is the reconstruction's alone
+        scaler.scale(loss + class_loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        n = xb.shape[0]
+        tot += float(loss.detach()) * n
+        fwd_tot += float(fwd.detach().mean()) * n
+        cyc_tot += float(cyc.detach().mean()) * n
+        cls_tot += float(class_loss.detach()) * n
+    return {
+        "loss": tot / M,
+        "forward": fwd_tot / M,
+        "cycle": cyc_tot / M,
+        "class_loss": cls_tot / M,
+    }
+
+
+def _refresh_bases(
+    net: CCSTAENet, Xs: torch.Tensor, mask: torch.Tensor, config: TrainConfig
+) -> None:
+    """Bases re-estimated from the epoch's patterns ``Xs``: aligned means, then L1.
+
+    Each base becomes the aligned mean of the patterns assigned to it
+    (:func:`update_bases`, classes by :func:`pattern_classes`); with
+    ``base_l1 > 0`` its proximal step (soft threshold) follows.
+    """
+    enc = encode(net, Xs)
+    update_bases(net, Xs, enc["A"], pattern_classes(net, Xs, enc, mask, config))
+    if config.base_l1 > 0:
+        with torch.no_grad():
+            b = net.bases.data
+            b.copy_(torch.sign(b) * torch.relu(b.abs() - config.base_l1))
+
+
+def _scheduled_mask(
+    net: CCSTAENet, ring: torch.Tensor, config: TrainConfig, epoch: int
+) -> torch.Tensor | None:
+    """The shrinking mask after ``epoch`` (``mask_schedule``), or None (no change).
+
+    From epoch ``ceil(shrink_start * epochs) - 1`` on: ``ring`` cut to disks
+    around the first base's spots, of radius ``2 * cell`` shrinking linearly
+    to the spot radius at the last epoch; None before, without the schedule,
+    or when the base shows fewer than two spots.
+    """
+    first_shrink = int(math.ceil(config.shrink_start * config.epochs))
+    if not (config.mask_schedule and epoch + 1 >= first_shrink):
+        return None
+    base0 = net.bases.detach()[0, 0].cpu().numpy()
+    spots, radius, cell = find_spots(
+        base0, ring.cpu().numpy() > 0, rel_threshold=config.spot_threshold
+    )
+    if spots is None:
+        return None
+    span = max(config.epochs - first_shrink, 1)
+    frac = min(1.0, (epoch + 1 - first_shrink) / span)
+    return spot_mask(ring, spots, 2 * cell + (radius - 2 * cell) * frac)
+
+
+def _checkpoint_state(
+    net: CCSTAENet,
+    opt,
+    gen: torch.Generator,
+    run: _RunState,
+    n_patterns: int,
+    attempt,
+    options,
+) -> dict:
+    """What a checkpoint holds (:func:`_resume` reads it back)."""
+    return {
+        "net": net.state_dict(),
+        "opt": opt.state_dict(),
+        "gen": gen.get_state(),
+        "history": json.dumps(run.history),
+        "best": run.best,
+        "stale": run.stale,
+        "n_patterns": n_patterns,
+        "mask": run.mask,
+        "attempt": int(attempt),
+        "options": json.dumps(options or {}),
+    }
+
+
 def fit_network(
     net: CCSTAENet,
     X: torch.Tensor,
@@ -437,54 +532,24 @@ def fit_network(
     Returns the per-epoch history (loss, forward, cycle, seconds; with
     several bases also class_loss). ``loss`` is the reconstruction loss.
     """
-    import json
-    import os
-
     from tqdm.auto import tqdm
 
     dev = next(net.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     N = X.shape[0]
     ring = mask.to(dev)
-    mask = ring
     params = [p for n, p in net.named_parameters() if n != "bases"]
     opt = torch.optim.Adam(params, lr=config.lr)
-    amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    history: list[dict] = []
-    best, stale, start = math.inf, 0, 0
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     if resume and checkpoint is not None and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location=dev, weights_only=True)
-        if int(state["n_patterns"]) != N:
-            n_ckpt = int(state["n_patterns"])
-            raise ValueError(
-                f"checkpoint: {str(checkpoint)!r} was written for {n_ckpt} "
-                f"training patterns, not {N}"
-            )
-        own = net.state_dict()
-        diff = [
-            f"{k} {tuple(v.shape)} (this network: {tuple(own[k].shape)})"
-            for k, v in state["net"].items()
-            if k in own and tuple(v.shape) != tuple(own[k].shape)
-        ]
-        if diff or set(state["net"]) != set(own):
-            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-            raise ValueError(
-                f"checkpoint: {str(checkpoint)!r} holds a network of another shape "
-                f"({'; '.join(diff[:3]) or 'other tensors'}{more}): it was written "
-                "with other size, width or num_bases; resume with those options"
-            )
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        history = json.loads(state["history"])
-        best, stale, start = float(state["best"]), int(state["stale"]), len(history)
-        mask = state["mask"].to(dev)
-        if stale >= config.patience and len(history) >= config.min_epochs:
-            return history
+        run = _resume(checkpoint, net, opt, gen, N)
+        if run.plateaued(config):
+            return run.history
     else:
+        run = _RunState([], math.inf, 0, ring)
         with torch.no_grad():
-            init_bases(net, X, mask.cpu(), gen, config.epoch_size)
+            init_bases(net, X, ring.cpu(), gen, config.epoch_size)
+    start = len(run.history)
     bar = tqdm(
         range(start, config.epochs),
         desc="CC-ST-AE",
@@ -495,118 +560,33 @@ def fit_network(
     )
     for epoch in bar:
         t0 = time.perf_counter()
-        net.train()
         perm = torch.randperm(N, generator=gen)[: min(N, config.epoch_size)]
-        M = len(perm)
-        tot = fwd_tot = cyc_tot = cls_tot = 0.0
         sigma = coarse_sigma(config, epoch)
-        for s in range(0, M, config.batch_size):
-            idx = perm[s : s + config.batch_size]
-            xb = X[idx].to(dev)[:, None]
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-                out = net(xb)
-                xs = gaussian_blur(xb, sigma)
-                class_loss = xb.new_zeros(())
-                if net.num_bases == 1:
-                    bs = gaussian_blur(out["base"], sigma)
-                else:
-                    # hard assignment: each pattern trains with the base that
-                    # reconstructs it best (straight-through onto the class
-                    # head's probabilities), and the head learns to predict
-                    # that base (cross-entropy)
-                    blurred = gaussian_blur(net.bases, sigma)
-                    target = best_bases(xs, blurred, out["A"].detach(), mask, config)
-                    probs = out["probs"]
-                    hard = torch.nn.functional.one_hot(target, net.num_bases)
-                    sel = hard.to(probs.dtype) + probs - probs.detach()
-                    bs = torch.einsum("bk,kchw->bchw", sel, blurred)
-                    # on detached features: the cross-entropy (order 0.1-1)
-                    # dwarfs the reconstruction loss (order 1e-4); through the
-                    # shared layers it would fill Adam's second moments and
-                    # slow the transform's learning for hundreds of steps
-                    logits = net.class_head(out["features"].detach())
-                    class_loss = torch.nn.functional.cross_entropy(logits.float(), target)
-                fwd, cyc, _ = cycle_losses(
-                    xs, bs, out["A"], mask, loss=config.loss, overshoot=config.overshoot
-                )
-                hinge = strain_hinge(out["strain"], config.hinge_limit)
-                loss = (
-                    fwd + config.cycle_weight * cyc + config.hinge_weight * hinge
-                ).mean()
-            if not math.isfinite(float(loss.detach())):
-                # a NaN step would silently turn every weight into NaN
-                raise RuntimeError(
-                    f"CCSTAE.fit: training diverged (non-finite loss in epoch {epoch}) "
-                    f"with loss={config.loss!r}, lr={config.lr:g}; try loss='mse' "
-                    "(the default) or a smaller lr"
-                )
-            opt.zero_grad(set_to_none=True)
-            # the class head's cross-entropy trains the head; the recorded
-            # loss (and the plateau stop) is the reconstruction's alone
-            scaler.scale(loss + class_loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            n = xb.shape[0]
-            tot += float(loss.detach()) * n
-            fwd_tot += float(fwd.detach().mean()) * n
-            cyc_tot += float(cyc.detach().mean()) * n
-            cls_tot += float(class_loss.detach()) * n
-        Xs = X[perm]
-        enc = encode(net, Xs)
-        update_bases(net, Xs, enc["A"], pattern_classes(net, Xs, enc, mask, config))
-        if config.base_l1 > 0:
-            with torch.no_grad():
-                b = net.bases.data
-                b.copy_(torch.sign(b) * torch.relu(b.abs() - config.base_l1))
+        means = _train_epoch(net, X, perm, run.mask, sigma, config, opt, scaler, epoch)
+        _refresh_bases(net, X[perm], run.mask, config)
         rec = {
             "epoch": epoch,
-            "loss": tot / M,
-            "forward": fwd_tot / M,
-            "cycle": cyc_tot / M,
+            "loss": means["loss"],
+            "forward": means["forward"],
+            "cycle": means["cycle"],
             "seconds": time.perf_counter() - t0,
         }
         if net.num_bases > 1:
-            rec["class_loss"] = cls_tot / M
+            rec["class_loss"] = means["class_loss"]
         if sigma > 0:
             rec["sigma"] = sigma
-        first_shrink = int(math.ceil(config.shrink_start * config.epochs))
-        if config.mask_schedule and epoch + 1 >= first_shrink:
-            base0 = net.bases.detach()[0, 0].cpu().numpy()
-            spots, radius, cell = find_spots(
-                base0, ring.cpu().numpy() > 0, rel_threshold=config.spot_threshold
-            )
-            if spots is not None:
-                span = max(config.epochs - first_shrink, 1)
-                frac = min(1.0, (epoch + 1 - first_shrink) / span)
-                mask = spot_mask(ring, spots, 2 * cell + (radius - 2 * cell) * frac)
-                best, stale = math.inf, 0  # a new mask: restart the plateau stop
-                rec["mask_pixels"] = int(mask.sum())
-        history.append(rec)
+        mask = _scheduled_mask(net, ring, config, epoch)
+        if mask is not None:
+            # a new mask: restart the plateau stop
+            run.mask, run.best, run.stale = mask, math.inf, 0
+            rec["mask_pixels"] = int(mask.sum())
+        run.record(rec, sigma, config)
         bar.set_postfix(loss=f"{rec['loss']:.3e}")
-        if sigma > 0:
-            # losses of smoothed patterns are not comparable with the rest
-            best, stale = math.inf, 0
-        elif rec["loss"] < best * (1.0 - config.min_delta):
-            best, stale = rec["loss"], 0
-        else:
-            stale += 1
         if checkpoint is not None:
             _save_checkpoint(
-                checkpoint,
-                {
-                    "net": net.state_dict(),
-                    "opt": opt.state_dict(),
-                    "gen": gen.get_state(),
-                    "history": json.dumps(history),
-                    "best": best,
-                    "stale": stale,
-                    "n_patterns": N,
-                    "mask": mask,
-                    "attempt": int(attempt),
-                    "options": json.dumps(options or {}),
-                },
+                checkpoint, _checkpoint_state(net, opt, gen, run, N, attempt, options)
             )
-        if stale >= config.patience and len(history) >= config.min_epochs:
+        if run.plateaued(config):
             break
     bar.close()
-    return history
+    return run.history

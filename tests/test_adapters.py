@@ -205,7 +205,7 @@ def test_streaming_reads_at_most_a_batch(distorted, monkeypatch):
     """
     import py4DSTEM
 
-    from py4dstem_ccstae import adapters
+    from py4dstem_ccstae import adapters, sources
 
     dc, _ = distorted
     ref = _inputs(dc, batch_size=5, cache_mb=0)
@@ -214,14 +214,14 @@ def test_streaming_reads_at_most_a_batch(distorted, monkeypatch):
     inp = _inputs(dcr, batch_size=5, cache_mb=0)  # streamed: every batch reads
     assert rec.reads and max(rec.reads) <= 5
     # a batch larger than _RESAMPLE_CHUNK (predict's batches) is read in chunks
-    read = adapters._read_patterns
+    read = sources.read_patterns
     calls = []
 
     def counting_read(data, indices, Ry):
         calls.append(len(indices))
         return read(data, indices, Ry)
 
-    monkeypatch.setattr(adapters, "_read_patterns", counting_read)
+    monkeypatch.setattr(sources, "read_patterns", counting_read)
     monkeypatch.setattr(adapters, "_RESAMPLE_CHUNK", 7)
     idx = np.arange(inp.n_patterns)[::-1]
     assert np.array_equal(inp.batch(idx), ref.batch(idx))
@@ -239,15 +239,15 @@ def test_streaming_reads_at_most_a_batch(distorted, monkeypatch):
 
 def test_cache_serves_later_batches_exactly(distorted, monkeypatch):
     """Under cache_mb the construction pass is the only read; values identical."""
-    from py4dstem_ccstae import adapters
+    from py4dstem_ccstae import sources
 
     dc, _ = distorted
     streamed = _inputs(dc, cache_mb=0, scaling="sqrt")
     cached = _inputs(dc, scaling="sqrt")  # 36 patterns: far under 256 MB
     assert streamed._cache is None and cached._cache is not None
     calls = []
-    read = adapters._read_patterns
-    monkeypatch.setattr(adapters, "_read_patterns", lambda *a: calls.append(1) or read(*a))
+    read = sources.read_patterns
+    monkeypatch.setattr(sources, "read_patterns", lambda *a: calls.append(1) or read(*a))
     idx = np.array([35, 0, 13, 13])
     got = cached.batch(idx), cached.to_array()
     assert not calls  # served from the cache
@@ -279,12 +279,12 @@ def _mapped_rss_kb(path) -> int:
 def test_memmap_pages_not_kept_resident(distorted, tmp_path):
     """Read pages of a memmap are released: its RSS does not grow with the file.
 
-    Fails without ``_release_pages``: every page read stays mapped, so the
+    Fails without ``sources.release_pages``: every page read stays mapped, so the
     mapping's resident size equals the file size after one pass.
     """
     import py4DSTEM
 
-    from py4dstem_ccstae.adapters import _read_patterns, _shared_mapping
+    from py4dstem_ccstae.sources import read_patterns, shared_mapping
 
     if not Path("/proc/self/smaps").exists():
         pytest.skip("needs /proc/self/smaps (Linux)")
@@ -296,9 +296,9 @@ def test_memmap_pages_not_kept_resident(distorted, tmp_path):
     mm.flush()
     del mm
     data = np.load(path, mmap_mode="r")
-    assert _shared_mapping(data) is not None
-    assert _shared_mapping(data[3:, ::2]) is not None  # views too
-    assert _shared_mapping(big) is None
+    assert shared_mapping(data) is not None
+    assert shared_mapping(data[3:, ::2]) is not None  # views too
+    assert shared_mapping(big) is None
 
     def wrap(array):
         cal = dc.calibration.copy()
@@ -315,9 +315,9 @@ def test_memmap_pages_not_kept_resident(distorted, tmp_path):
 
     # a copy-on-write memmap is private: never released (changes would be lost)
     cow = np.load(path, mmap_mode="c")
-    assert _shared_mapping(cow) is None
+    assert shared_mapping(cow) is None
     cow[0, 0] = 7.0
-    assert np.all(_read_patterns(cow, np.array([0, 1]), big.shape[1])[0] == 7.0)
+    assert np.all(read_patterns(cow, np.array([0, 1]), big.shape[1])[0] == 7.0)
     assert np.all(cow[0, 0] == 7.0)
 
 

@@ -67,7 +67,6 @@ def test_refinement_recovers_known_transforms():
     out = refine_spots(
         X,
         base_patches(torch.tensor(base, dtype=torch.float32)[None, None], spots, 4.0),
-        torch.zeros(len(A), dtype=torch.long),
         A0,
         spots,
         4.0,
@@ -99,7 +98,6 @@ def test_refinement_stops_each_pattern_once_converged(monkeypatch):
     base = _render(S, g, np.eye(2), 1.5)
     spots = spot_centres(base, np.round(g), 4.0)
     P = base_patches(torch.tensor(base, dtype=torch.float32)[None, None], spots, 4.0)
-    cls = torch.zeros(len(A), dtype=torch.long)
     # starts 0 to ~0.1 px off (the encoder's typical error): some patterns
     # converge sooner than others
     A0 = torch.tensor(A + 2e-3 * rng.standard_normal(A.shape) * np.arange(6)[:, None, None])
@@ -114,9 +112,7 @@ def test_refinement_stops_each_pattern_once_converged(monkeypatch):
     out = {}
     for tol in (0.0, 1e-4):
         calls.clear()
-        out[tol] = refine_spots(
-            X, P, cls, A0, spots, 4.0, iterations=8, realign=True, tol=tol
-        )
+        out[tol] = refine_spots(X, P, A0, spots, 4.0, iterations=8, realign=True, tol=tol)
         out[tol]["work"] = sum(calls)
     assert out[0.0]["iterations"].tolist() == [8] * 6
     its = out[1e-4]["iterations"]
@@ -128,11 +124,11 @@ def test_refinement_stops_each_pattern_once_converged(monkeypatch):
 
 
 def test_gather_patches_zero_outside_the_image():
-    from py4dstem_ccstae.spotfit import _gather_patches
+    from py4dstem_ccstae.spotpatch import gather_patches
 
     x = torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(2, 8, 8) + 1
     centres = torch.tensor([[[3, 3], [0, 7]], [[7, 0], [4, 5]]])
-    vals, inside = _gather_patches(x, centres, 4)
+    vals, inside = gather_patches(x, centres, 4)
     assert inside.tolist() == [[True, False], [False, True]]
     # patch pixel (2, 2) is the centre; rows/cols -2..+1 around it
     assert vals[0, 0].tolist() == x[0, 1:5, 1:5].tolist()
@@ -141,7 +137,7 @@ def test_gather_patches_zero_outside_the_image():
     assert corner[:2].abs().sum() == 0 and corner[:, 3].abs().sum() == 0
     assert corner[2:, :3].tolist() == x[0, 0:2, 5:8].tolist()
     # one image shared by every row
-    shared, _ = _gather_patches(x[:1], centres, 4)
+    shared, _ = gather_patches(x[:1], centres, 4)
     assert shared[1, 1].tolist() == x[0, 2:6, 3:7].tolist()
 
 
@@ -512,7 +508,7 @@ def test_encoder_sensitivity_separates_trained_from_collapsed(data, fitted):
 
 
 def test_failed_lock_on_retries_with_new_seeds_and_warns(monkeypatch, tmp_path):
-    import py4dstem_ccstae.estimator as est
+    import py4dstem_ccstae.fitting as est  # the lock-on stage of fit
 
     dc, _ = polycrystal(scan_shape=(6, 6), pattern_shape=(64, 64), num_grains=3, seed=1)
     kw = dict(size=32, epochs=2, batch_size=12, refine=False, coarse_epochs=1)
@@ -675,7 +671,6 @@ def test_static_background_removes_a_halo_the_spots_move_over():
         np.stack([_render(S, g, a, 1.5) + halo for a in A]), dtype=torch.float32
     )
     bg = torch.tensor(est)
-    cls = torch.zeros(len(A), dtype=torch.long)
     errors = {}
     for name, kw, patches_of in (
         ("none", {}, base + halo),
@@ -684,7 +679,7 @@ def test_static_background_removes_a_halo_the_spots_move_over():
         P = base_patches(
             torch.tensor(patches_of, dtype=torch.float32)[None, None], spots, 4.0
         )
-        out = refine_spots(X, P, cls, torch.tensor(A), spots, 4.0, **kw)
+        out = refine_spots(X, P, torch.tensor(A), spots, 4.0, **kw)
         got = [LatticeTransform(a.numpy()).strain()["theta"] for a in out["A"]]
         errors[name] = max(abs(gt - t[3]) for gt, t in zip(got, truth, strict=True))
     # the static halo pulls the spots back towards no rotation unless removed
@@ -801,11 +796,10 @@ def test_ramp_texture_follows_a_tilted_disk_texture():
     base = _render_disks(S, g, np.eye(2))
     spots = spot_centres(base, np.round(g), 5.0)
     P = base_patches(torch.tensor(base, dtype=torch.float32)[None, None], spots, 5.0)
-    cls = torch.zeros(len(A), dtype=torch.long)
     err = {}
     for texture in ("fixed", "ramp"):
         out = refine_spots(
-            X, P, cls, torch.tensor(A), spots, 5.0, iterations=20, texture=texture
+            X, P, torch.tensor(A), spots, 5.0, iterations=20, texture=texture
         )
         err[texture] = max(
             abs(LatticeTransform(out["A"][i].numpy()).strain()[k] - v)
@@ -815,7 +809,7 @@ def test_ramp_texture_follows_a_tilted_disk_texture():
     assert err["fixed"] > 1e-3  # the brighter outer edge reads as a dilatation
     assert err["ramp"] < 0.2 * err["fixed"]
     with pytest.raises(ValueError, match="texture"):
-        refine_spots(X, P, cls, torch.tensor(A), spots, 5.0, texture="quadratic")
+        refine_spots(X, P, torch.tensor(A), spots, 5.0, texture="quadratic")
     with pytest.raises(ValueError, match="spot_texture"):
         CCSTAE(spot_texture="ramp2")
 

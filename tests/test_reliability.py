@@ -186,7 +186,7 @@ def test_checkpoint_never_replaces_a_foreign_file(scan, tmp_path):
 
 
 def test_checkpoint_location_is_probed_before_training(scan, tmp_path, monkeypatch):
-    import py4dstem_ccstae.estimator as est
+    import py4dstem_ccstae.fitting as est  # where fit trains
 
     monkeypatch.setattr(est, "fit_network", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ValueError, match="checkpoint: .* is a folder"):
