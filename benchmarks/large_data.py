@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python benchmarks/large_data.py [--part distributed big_detectors big_scan]
+    python benchmarks/large_data.py [--part distributed big_detectors big_scan throughput]
                                     [--tmp DIR] [--out DIR] [--append]
+                                    [--throughput-scan N] [--repeats N]
 
 1. ``distributed``: a 64x64 scan of 128x128 patterns (the simulator's
    polycrystal, 25 % background noise) saved as EMD; a model fitted on it with
@@ -28,6 +29,18 @@ Run from the repository root::
    ``LocalCluster`` of 2 workers. Peak RSS is each process's ``VmHWM``
    (``/proc/self/status``): the one-process child, and every worker after
    its run.
+4. ``throughput``: where the time goes. A ``--throughput-scan`` (default
+   128x128) scan of 256x256 uint16 patterns on disk (written as in part 3,
+   2.1 GB), mapped with the model of part 3 from the path, side by side and
+   alternating, ``--repeats`` times (default 3): in this process; in this
+   process in row blocks (``block_rows=4096 // Ry``); on a ``LocalCluster``
+   of 2 workers x 1 thread; and on a second one whose workers keep the
+   128 KiB mmap threshold dask's ``MALLOC_TRIM_THRESHOLD_`` leaves them
+   (the code before the fix in :mod:`py4dstem_ccstae.distributed`). For the
+   clusters, from dask's task stream: the statistics and prediction passes,
+   the time outside any task (driver, scheduler, transfers) and the tasks'
+   compute; on a worker: the time to open the file (as every task does) and
+   to unpickle the model, torch's threads; every worker's peak RSS.
 
 Writes ``large_data.json`` and ``large_data.md`` to ``--out``
 (``docs/benchmark_results``).
@@ -52,7 +65,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _meta  # noqa: E402
 
-PARTS = ("distributed", "big_detectors", "big_scan")
+PARTS = ("distributed", "big_detectors", "big_scan", "throughput")
 
 
 def _vmhwm_mb() -> float:
@@ -363,6 +376,146 @@ def big_scan_part(tmp: Path, model_path: Path, big: int = 256) -> dict:
     }
 
 
+# ------------------------------------------------------------ 4 throughput
+def _worker_costs(path: str, model_bytes: bytes) -> dict:
+    """On a worker: what every task pays besides its rows (medians of 5)."""
+    import pickle
+
+    import torch
+
+    import py4dstem_ccstae.distributed as dist
+    from py4dstem_ccstae.io import open_datacube
+
+    def median_s(fn) -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    return {
+        "open_datacube_s": median_s(lambda: open_datacube(path)),
+        "model_unpickle_s": median_s(lambda: pickle.loads(model_bytes)),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "started_with_fixed_mmap_threshold": dist._started_with_fixed_threshold(),
+    }
+
+
+def _keep_fixed_threshold() -> None:
+    """On a worker: as before the fix (the mmap threshold dask's setting fixed)."""
+    import py4dstem_ccstae.distributed as dist
+
+    dist._MALLOC_CHECKED = True
+
+
+def _phases(stream: list, wall: float) -> dict:
+    """The passes of one cluster run, from its task stream (seconds)."""
+    spans: dict = {}
+    compute: dict = {}
+    transfer = 0.0
+    for task in stream:
+        name = str(task["key"]).split("-")[0].lstrip("_")
+        for ss in task["startstops"]:
+            if ss["action"] == "compute":
+                lo, hi = spans.get(name, (ss["start"], ss["stop"]))
+                spans[name] = (min(lo, ss["start"]), max(hi, ss["stop"]))
+                compute[name] = compute.get(name, 0.0) + ss["stop"] - ss["start"]
+            elif ss["action"] == "transfer":
+                transfer += ss["stop"] - ss["start"]
+    first = min(lo for lo, _ in spans.values())
+    last = max(hi for _, hi in spans.values())
+    stats, pred = spans.get("block_stats"), spans.get("block_predict")
+    return {
+        "statistics_pass_s": stats[1] - stats[0] if stats else 0.0,
+        "prediction_pass_s": pred[1] - pred[0] if pred else 0.0,
+        "between_passes_s": pred[0] - stats[1] if stats and pred else 0.0,
+        "outside_tasks_s": wall - (last - first),
+        "statistics_compute_s": compute.get("block_stats", 0.0),
+        "prediction_compute_s": compute.get("block_predict", 0.0),
+        "transfer_s": transfer,
+        "tasks": {name: sum(1 for t in stream if name in str(t["key"])) for name in spans},
+    }
+
+
+def throughput_part(tmp: Path, model_path: Path, big: int = 128, repeats: int = 3) -> dict:
+    """One process, one process in blocks and 2 workers side by side (module docs)."""
+    import pickle
+
+    import torch
+    from distributed import get_task_stream
+
+    from py4dstem_ccstae import CCSTAE
+
+    path = tmp / f"scan{big}_uint16.h5"
+    _write_big(path, big)
+    n = big * big
+    model = CCSTAE.load(model_path)
+    block_rows = max(1, 4096 // big)
+    runs: dict = {"one_process": [], "row_blocks": [], "two_workers": [], "before_fix": []}
+    phases: dict = {"two_workers": [], "before_fix": []}
+    first: dict = {}
+    clusters = {"two_workers": _cluster(), "before_fix": _cluster()}
+    try:
+        for name, (_, client) in clusters.items():
+            client.run(lambda: __import__("py4dstem_ccstae.estimator"))  # imports done
+            if name == "before_fix":
+                client.run(_keep_fixed_threshold)
+        costs = clusters["two_workers"][1].run(
+            _worker_costs, str(path), pickle.dumps(model)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, (_, client) in clusters.items():  # the first call of a cluster
+                t0 = time.perf_counter()
+                model.strain_map(path, client=client)
+                first[name] = time.perf_counter() - t0
+            for _ in range(repeats):  # side by side, alternating
+                t0 = time.perf_counter()
+                model.strain_map(path)
+                runs["one_process"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                model.strain_map(path, block_rows=block_rows)
+                runs["row_blocks"].append(time.perf_counter() - t0)
+                for name, (_, client) in clusters.items():
+                    with get_task_stream(client=client) as ts:
+                        t0 = time.perf_counter()
+                        model.strain_map(path, client=client)
+                        wall = time.perf_counter() - t0
+                    runs[name].append(wall)
+                    phases[name].append(_phases(ts.data, wall))
+        peak = {
+            name: sorted(c.run(_vmhwm_mb).values()) for name, (_, c) in clusters.items()
+        }
+    finally:
+        for cluster, client in clusters.values():
+            client.close()
+            cluster.close()
+    median = {k: statistics.median(v) for k, v in runs.items()}
+    keys = [k for k in phases["two_workers"][0] if k != "tasks"]
+    return {
+        "scan": [big, big],
+        "patterns": [256, 256],
+        "dtype": "uint16",
+        "file_gb": path.stat().st_size / 1e9,
+        "repeats": repeats,
+        "block_rows_one_process": block_rows,
+        "runs_s": runs,
+        "median_s": median,
+        "patterns_per_s": {k: n / v for k, v in median.items()},
+        "first_call_s": first,
+        "phases_median_s": {
+            name: {k: statistics.median(p[k] for p in ps) for k in keys}
+            for name, ps in phases.items()
+        },
+        "tasks": phases["two_workers"][0]["tasks"],
+        "worker_costs": sorted(costs.values(), key=lambda c: c["open_datacube_s"]),
+        "worker_peak_rss_mb": peak,
+        "driver_torch_threads": torch.get_num_threads(),
+    }
+
+
 # --------------------------------------------------------------- reporting
 def _markdown(result: dict) -> str:
     md = ["### Large data: distributed prediction, big detectors, a big scan", ""]
@@ -458,7 +611,63 @@ def _markdown(result: dict) -> str:
             f"| valid positions | {s['valid_fraction'][0]:.3f} | "
             f"{s['valid_fraction'][1]:.3f} |",
         ]
+    t = result.get("throughput")
+    if t:
+        md += _throughput_markdown(t)
     return "\n".join(md) + "\n"
+
+
+def _throughput_markdown(t: dict) -> list[str]:
+    cols = ("one_process", "row_blocks", "two_workers", "before_fix")
+    med, ph = t["median_s"], t["phases_median_s"]
+
+    def row(label, cells):
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    def phase(key):
+        return ["-", "-"] + [f"{ph[c][key]:.1f}" for c in cols[2:]]
+
+    tasks = ", ".join(f"{v} {k}" for k, v in t["tasks"].items())
+    cost = t["worker_costs"]
+    return [
+        "",
+        f"#### Where the time goes ({t['scan'][0]}x{t['scan'][1]} scan, 256x256 uint16, "
+        f"{t['file_gb']:.1f} GB EMD)",
+        "",
+        f"`strain_map` from the path, median of {t['repeats']} alternating runs;"
+        " the two clusters are `LocalCluster(n_workers=2, threads_per_worker=1)`,"
+        " the second with the workers' mmap threshold as dask leaves it (the code"
+        " before the fix). Passes from dask's task stream (medians).",
+        "",
+        "| | one process | one process, row blocks of "
+        f"{t['block_rows_one_process']} rows | 2 workers | 2 workers, before the fix |",
+        "|---|---|---|---|---|",
+        row("strain_map (s)", [f"{med[c]:.1f}" for c in cols]),
+        row("patterns/s", [f"{t['patterns_per_s'][c]:.0f}" for c in cols]),
+        row("runs (s)", [", ".join(f"{v:.1f}" for v in t["runs_s"][c]) for c in cols]),
+        row(
+            "first call on the cluster (s)",
+            ["-", "-"] + [f"{t['first_call_s'][c]:.1f}" for c in cols[2:]],
+        ),
+        row("statistics pass (s)", phase("statistics_pass_s")),
+        row("prediction pass (s)", phase("prediction_pass_s")),
+        row("outside any task: driver, scheduler, transfers (s)", phase("outside_tasks_s")),
+        row("statistics tasks' compute, both workers (s)", phase("statistics_compute_s")),
+        row("prediction tasks' compute, both workers (s)", phase("prediction_compute_s")),
+        row(
+            "peak RSS per worker (VmHWM, MB)",
+            ["-", "-"]
+            + [", ".join(f"{v:.0f}" for v in t["worker_peak_rss_mb"][c]) for c in cols[2:]],
+        ),
+        "",
+        f"Tasks per cluster run: {tasks}. On a worker: the file opened (as every task"
+        f" does) in {1e3 * cost[0]['open_datacube_s']:.0f}-"
+        f"{1e3 * cost[-1]['open_datacube_s']:.0f} ms, the model unpickled in"
+        f" {1e3 * max(c['model_unpickle_s'] for c in cost):.0f} ms; torch threads"
+        f" {cost[0]['torch_threads']} (OMP_NUM_THREADS={cost[0]['omp_num_threads']});"
+        " started with a fixed mmap threshold (dask's MALLOC_TRIM_THRESHOLD_):"
+        f" {cost[0]['started_with_fixed_mmap_threshold']}.",
+    ]
 
 
 def main(argv=None) -> int:
@@ -469,6 +678,10 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="big_detectors data seeds"
     )
+    ap.add_argument(
+        "--throughput-scan", type=int, default=128, help="throughput: scan side (x 64)"
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="throughput: repeats")
     ap.add_argument(
         "--append",
         action="store_true",
@@ -494,12 +707,17 @@ def main(argv=None) -> int:
         model_path = None
         if "big_detectors" in args.part:
             result["big_detectors"], model_path = big_detectors_part(tmp, tuple(args.seeds))
-        if "big_scan" in args.part:
+        if {"big_scan", "throughput"} & set(args.part):
             if model_path is None:  # the model big_detectors would have saved
                 model_path = _big_scan_model(tmp)
         if "big_scan" in args.part:
             result["big_scan"] = big_scan_part(tmp, model_path)
             print(json.dumps(result["big_scan"]), flush=True)
+        if "throughput" in args.part:
+            result["throughput"] = throughput_part(
+                tmp, model_path, args.throughput_scan, args.repeats
+            )
+            print(json.dumps(result["throughput"]), flush=True)
     _meta.write(Path(args.out), "large_data", result, _markdown(result))
     print(_markdown(result))
     return 0

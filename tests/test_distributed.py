@@ -6,7 +6,10 @@ result.
 """
 
 import os
+import platform
 import signal
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -252,3 +255,30 @@ def test_a_scan_too_large_for_the_cache_takes_its_statistics_from_a_subset(
     one = model.predict(dc)
     _same(model.predict(path, block_rows=5), one)
     _same(model.predict(path, client=client, block_rows=5), one)
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/environ") or platform.libc_ver()[0] != "glibc",
+    reason="glibc on Linux only",
+)
+def test_a_process_started_with_dasks_malloc_setting_gets_its_mmap_threshold_back():
+    # dask's nannies start workers with MALLOC_TRIM_THRESHOLD_, which fixes
+    # glibc's mmap threshold at 128 KiB (block tasks ran 2.4x slower); tasks
+    # set it back once per process, and only in such a process
+    code = (
+        "from py4dstem_ccstae import distributed as d; "
+        "print(d._restore_mmap_threshold(), d._restore_mmap_threshold())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    for extra, expected in (
+        ({"MALLOC_TRIM_THRESHOLD_": "65536"}, "True False"),
+        ({}, "False False"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out.strip() == expected
