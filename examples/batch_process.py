@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
     from py4dstem_ccstae import CCSTAE
-    from py4dstem_ccstae.cli_options import training_config
+    from py4dstem_ccstae.cli_options import predict_options, training_config
     from py4dstem_ccstae.workflows import OUTPUT_SUFFIX
 
     args = build_parser().parse_args(argv)
@@ -268,14 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             return _error(f"--model: {err}")
         print(f"model: {source}")
 
-    scan = dict(
-        datapath=args.datapath,
-        reference=args.reference,
-        reference_mask=args.reference_mask,
-        device=args.device,
-        force=args.force,
-        frame=args.frame,
-    )
+    scan = predict_options(args)
     number = {f: i for i, f in enumerate(files, 1)}
 
     def say(f: Path, text: str) -> None:

@@ -168,9 +168,20 @@ class DiffractionInputs:
         # the grid, where it samples the (pre-binned) detector: sampling.py
         self.prebin = bool(prebin)
         self._sampling = DetectorSampling(size, q_max, C, self.prebin)
-        self._q = self._sampling.q
-        self.bin_factor = self._sampling.bin_factor
-        self.supersample = self._sampling.supersample
+
+    @property
+    def bin_factor(self) -> int:
+        """Detector pre-binning factor ``b`` (1: none; :mod:`~py4dstem_ccstae.sampling`)."""
+        return self._sampling.bin_factor
+
+    @property
+    def supersample(self) -> int:
+        """Sub-samples per output pixel and axis of the area averaging (binned detector)."""
+        return self._sampling.supersample
+
+    @property
+    def _q(self) -> np.ndarray:
+        return self._sampling.q
 
     # ------------------------------------------------------------ construction
     @classmethod

@@ -48,6 +48,7 @@ from .cli_options import (  # config_option, reference_arg: re-exported
     json_object,
     percent,
     percentages,
+    predict_options,
     reference_arg,
     training_config,
 )
@@ -302,15 +303,7 @@ def _predict(args) -> int:
         if args.out_dir is not None and (args.out or args.plot):
             raise ValueError("--out-dir: give either --out/--plot or --out-dir")
         with _cluster(args.scheduler, args.workers) as client:
-            scans = dict(
-                datapath=args.datapath,
-                reference=args.reference,
-                reference_mask=args.reference_mask,
-                device=args.device,
-                force=args.force,
-                client=client,
-                frame=args.frame,
-            )
+            scans = dict(predict_options(args), client=client)
             if len(inputs) == 1 and args.out_dir is None:
                 res = run_predict(
                     args.model, inputs[0], out=args.out, plot=args.plot, **scans

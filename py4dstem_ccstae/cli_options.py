@@ -21,6 +21,7 @@ from .estimator import FRAMES
 from .workflow_io import OUTPUT_SUFFIX, _parse_ranges
 
 __all__ = [
+    "predict_options",
     "Parser",
     "add_config_option",
     "add_device_option",
@@ -185,6 +186,23 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
         help="with several bases: classes that show one lattice in one frame relative "
         "to the reference (auto, common) or each class relative to itself (class); "
         "default auto",
+    )
+
+
+def predict_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``run_predict``/``predict_batch`` from parsed options.
+
+    ``datapath``, ``reference``, ``reference_mask`` and ``frame``
+    (:func:`add_scan_options`), ``device`` (:func:`add_device_option`) and
+    ``force`` (:func:`add_output_options`).
+    """
+    return dict(
+        datapath=args.datapath,
+        reference=args.reference,
+        reference_mask=args.reference_mask,
+        device=args.device,
+        force=args.force,
+        frame=args.frame,
     )
 
 
