@@ -15,12 +15,13 @@ Run from the repository root::
    patterns/s side by side; then a run in which one worker is killed
    (``SIGKILL``) as soon as the first block task has finished.
 2. ``big_detectors``: 48x48 scans of 256x256 patterns (polycrystal, data
-   seeds ``--seeds``, default 0 1 2) at 0, 25 and 50 % noise; a model fitted
-   with detector pre-binning (the default) and one without (``prebin=False``
-   inputs); each maps with both input paths (the same model isolates the
-   resampling from training's run-to-run spread); MAE against the truth;
-   ``strain_map`` straight from the DataCube (its input pass included),
-   median of 3, with and without pre-binning.
+   seeds ``--seeds``, default 0 1 2) at 0, 25 and 50 % noise; three models,
+   each trained on one input path and mapping the DataCube with it (the
+   model records its ``prebin``): the automatic pre-binning (the finest
+   factor that brings the supersampling below 4), the coarsest allowed
+   factor (``prebin="coarsest"``) and none (``prebin=False``); MAE against
+   the truth; ``strain_map`` straight from the DataCube (its input pass
+   included), median of 3, side by side.
 3. ``big_scan``: a 256x256 scan of 256x256 **uint16** patterns in an EMD file
    on disk (a 64x64 simulation at 25 % noise, tiled 4x4; ~8.6 GB, written to
    ``--tmp``; the noise model's electron counts, integers), mapped with the
@@ -182,16 +183,22 @@ def distributed_part(tmp: Path) -> dict:
 
 
 # ---------------------------------------------------------- 2 big detectors
+#: The input paths of the big-detector part: name -> ``prebin``.
+PREBIN_PATHS = {"finest": True, "coarsest": "coarsest", "unbinned": False}
+
+
 def _mean_strain(m: dict) -> float:
     return (m["mae_e_xx"] + m["mae_e_yy"] + m["mae_e_xy"]) / 3.0
 
 
 def big_detectors_part(tmp: Path, seeds=(0,)) -> tuple[dict, Path]:
-    """Pre-binned against unbinned inputs, per noise level and data seed.
+    """Pre-binning rules against unbinned inputs, per noise level and data seed.
 
-    Two models per case, one trained on each input path; each predicts with
-    both paths, so that the resampling's own effect (same model, other
-    inputs) is seen apart from training's run-to-run spread (other model).
+    Three models per case, each trained on one input path and mapping with
+    it (a fitted model prepares a DataCube as it was trained): the automatic
+    rule (``prebin=True``: the finest factor that brings the supersampling
+    below 4), the coarsest allowed factor (``prebin="coarsest"``, the rule of
+    the first version) and no binning (``prebin=False``).
     """
     from py4dstem_ccstae import DiffractionInputs
     from py4dstem_ccstae.simulate import add_background_noise, polycrystal
@@ -203,70 +210,53 @@ def big_detectors_part(tmp: Path, seeds=(0,)) -> tuple[dict, Path]:
         ref = truth.get_slice("reference").data.astype(bool)
         for noise in (0, 25, 50):
             dc = clean if noise == 0 else add_background_noise(clean, noise, seed=seed)
-            binned = _fit(dc)
-            opts = binned._input_options(fitted={})
-            full_inputs = DiffractionInputs.from_datacube(dc, prebin=False, **opts)
-            unbinned = _fit(full_inputs)
+            models = {}
+            for path in PREBIN_PATHS:
+                if PREBIN_PATHS[path] is True:
+                    models[path] = _fit(dc)
+                else:
+                    opts = models["finest"]._input_options(fitted={})
+                    models[path] = _fit(
+                        DiffractionInputs.from_datacube(
+                            dc, prebin=PREBIN_PATHS[path], **opts
+                        )
+                    )
             if noise == 25 and seed == seeds[0]:
-                binned.save(model_path, overwrite=True)
-
-            def unbinned_inputs(model, dc=dc):
-                return DiffractionInputs.from_datacube(
-                    dc, prebin=False, **model._input_options()
-                )
-
-            times_b, times_u = [], []
+                models["finest"].save(model_path, overwrite=True)
+            times = {path: [] for path in models}
+            maps = {}
             for _ in range(3):  # side by side, alternating
-                t0 = time.perf_counter()
-                rs_b = binned.strain_map(dc, reference=ref)
-                times_b.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                rs_u = unbinned.strain_map(unbinned_inputs(unbinned), reference=ref)
-                times_u.append(time.perf_counter() - t0)
-            # each model with the other input path
-            rs_bu = binned.strain_map(unbinned_inputs(binned), reference=ref)
-            rs_ub = unbinned.strain_map(dc, reference=ref)
-            inputs_b = DiffractionInputs.from_datacube(dc, **opts)
-            rows.append(
-                {
-                    "seed": seed,
-                    "noise": noise,
-                    "bin_factor": inputs_b.bin_factor,
-                    "supersample": [inputs_b.supersample, full_inputs.supersample],
-                    "mae_prebinned": _mae(rs_b, truth),
-                    "mae_unbinned": _mae(rs_u, truth),
-                    "mae_binned_model_unbinned_inputs": _mae(rs_bu, truth),
-                    "mae_unbinned_model_binned_inputs": _mae(rs_ub, truth),
-                    "fit_s_prebinned": binned.fitted_["train_seconds"],
-                    "fit_s_unbinned": unbinned.fitted_["train_seconds"],
-                    "strain_map_s_prebinned": statistics.median(times_b),
-                    "strain_map_s_unbinned": statistics.median(times_u),
-                    "patterns_per_s_prebinned": n / statistics.median(times_b),
-                    "patterns_per_s_unbinned": n / statistics.median(times_u),
+                for path, model in models.items():
+                    t0 = time.perf_counter()
+                    maps[path] = model.strain_map(dc, reference=ref)
+                    times[path].append(time.perf_counter() - t0)
+            row = {"seed": seed, "noise": noise}
+            for path, model in models.items():
+                row[path] = {
+                    "bin_factor": model.fitted_["bin_factor"],
+                    "supersample": DiffractionInputs.from_datacube(
+                        dc, **model._input_options()
+                    ).supersample,
+                    "mae": _mae(maps[path], truth),
+                    "fit_s": model.fitted_["train_seconds"],
+                    "strain_map_s": statistics.median(times[path]),
+                    "patterns_per_s": n / statistics.median(times[path]),
                 }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     ratios = {
-        "trained_and_mapped_each_way": [
-            _mean_strain(r["mae_prebinned"]) / _mean_strain(r["mae_unbinned"]) for r in rows
-        ],
-        "same_model_binned_over_unbinned_inputs": [
-            v
-            for r in rows
-            for v in (
-                _mean_strain(r["mae_prebinned"])
-                / _mean_strain(r["mae_binned_model_unbinned_inputs"]),
-                _mean_strain(r["mae_unbinned_model_binned_inputs"])
-                / _mean_strain(r["mae_unbinned"]),
-            )
-        ],
+        path: [
+            _mean_strain(r[path]["mae"]) / _mean_strain(r["unbinned"]["mae"]) for r in rows
+        ]
+        for path in ("finest", "coarsest")
     }
     return {
         "scan": [48, 48],
         "patterns": [256, 256],
         "seeds": list(seeds),
+        "paths": dict(PREBIN_PATHS),
         "rows": rows,
-        "mean_strain_ratios": ratios,
+        "mean_strain_ratios_over_unbinned": ratios,
     }, model_path
 
 
@@ -549,49 +539,45 @@ def _markdown(result: dict) -> str:
             f"masks identical: {d['killed_run_masks_identical']}.",
         ]
     b = result.get("big_detectors")
-    if b:
+    if b and "paths" in b:
         md += [
             "",
-            "#### Big detectors (48x48 scans, 256x256 patterns): pre-binned and unbinned",
+            "#### Big detectors (48x48 scans, 256x256 patterns): pre-binning rules",
             "",
-            "MAE of the mean strain (e_xx, e_yy, e_xy averaged, x1e-3) of a model trained"
-            " on pre-binned inputs (B) and one trained on unbinned inputs (U), each"
-            " mapping with both input paths; patterns/s of `strain_map` from the"
-            " DataCube (input pass included), median of 3.",
+            "Three models per row, each trained on one input path and mapping the"
+            " DataCube with it: the automatic rule (finest factor that brings the"
+            " supersampling below 4), the coarsest allowed factor and no binning."
+            " b: bin factor, s: supersampling; MAE of the mean strain (e_xx, e_yy,"
+            " e_xy averaged, x1e-3) and of theta (deg); patterns/s of `strain_map`"
+            " from the DataCube (input pass included), median of 3, side by side.",
             "",
-            "| seed | noise % | b | s (binned / unbinned) | B model, binned inputs |"
-            " B model, unbinned | U model, unbinned | U model, binned |"
-            " theta (deg) B/b, U/u | patterns/s binned / unbinned |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| seed | noise % | b (finest / coarsest) | s (finest / coarsest / unbinned) |"
+            " strain finest / coarsest / unbinned | theta (deg) |"
+            " patterns/s |",
+            "|---|---|---|---|---|---|---|",
         ]
+        paths = list(b["paths"])
         for r in b["rows"]:
-            mb, mu = r["mae_prebinned"], r["mae_unbinned"]
-            cross_b = r.get("mae_binned_model_unbinned_inputs")
-            cross_u = r.get("mae_unbinned_model_binned_inputs")
-
-            def cell(m):
-                return "-" if m is None else f"{1e3 * _mean_strain(m):.3f}"
-
+            cells = [r[p] for p in paths]
             md.append(
-                f"| {r.get('seed', 0)} | {r['noise']} | {r['bin_factor']} | "
-                f"{r['supersample'][0]} / {r['supersample'][1]} | {cell(mb)} | "
-                f"{cell(cross_b)} | {cell(mu)} | {cell(cross_u)} | "
-                f"{mb['mae_theta_deg']:.4f}, {mu['mae_theta_deg']:.4f} | "
-                f"{r['patterns_per_s_prebinned']:.0f} / "
-                f"{r['patterns_per_s_unbinned']:.0f} |"
+                f"| {r['seed']} | {r['noise']} | "
+                f"{cells[0]['bin_factor']} / {cells[1]['bin_factor']} | "
+                + " / ".join(str(c["supersample"]) for c in cells)
+                + " | "
+                + " / ".join(f"{1e3 * _mean_strain(c['mae']):.3f}" for c in cells)
+                + " | "
+                + " / ".join(f"{c['mae']['mae_theta_deg']:.4f}" for c in cells)
+                + " | "
+                + " / ".join(f"{c['patterns_per_s']:.0f}" for c in cells)
+                + " |"
             )
-        ratios = b.get("mean_strain_ratios")
-        if ratios:
-            own = ratios["trained_and_mapped_each_way"]
-            same = ratios["same_model_binned_over_unbinned_inputs"]
+        ratios = b["mean_strain_ratios_over_unbinned"]
+        for path, rs in ratios.items():
             md += [
                 "",
-                f"Ratio binned / unbinned of the mean-strain MAE: trained and mapped "
-                f"each way, median {statistics.median(own):.3f} (range "
-                f"{min(own):.3f}-{max(own):.3f}, {len(own)} cases); the same model "
-                f"mapping binned against unbinned inputs, median "
-                f"{statistics.median(same):.3f} (range {min(same):.3f}-{max(same):.3f}, "
-                f"{len(same)} pairs).",
+                f"Mean-strain MAE, {path} over unbinned: median "
+                f"{statistics.median(rs):.3f}, range {min(rs):.3f}-{max(rs):.3f} "
+                f"({len(rs)} cases).",
             ]
     s = result.get("big_scan")
     if s:

@@ -59,7 +59,13 @@ from .intensity import (
     global_scale,
     scale,
 )
-from .sampling import DetectorSampling, automatic_ring, direct_beam_radius, field_of_view
+from .sampling import (
+    DetectorSampling,
+    automatic_ring,
+    check_prebin,
+    direct_beam_radius,
+    field_of_view,
+)
 
 __all__ = ["DiffractionInputs", "SCALINGS"]
 
@@ -137,7 +143,7 @@ class DiffractionInputs:
         q_max: float,
         units: str,
         batch_size: int,
-        prebin: bool = True,
+        prebin: bool | int | str = True,
     ) -> None:
         self._data = data
         self.scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
@@ -166,7 +172,7 @@ class DiffractionInputs:
         # resampled patterns (n_patterns, size, size) float32 when cached
         self._cache: np.ndarray | None = None
         # the grid, where it samples the (pre-binned) detector: sampling.py
-        self.prebin = bool(prebin)
+        self.prebin = check_prebin(prebin)
         self._sampling = DetectorSampling(size, q_max, C, self.prebin)
 
     @property
@@ -196,7 +202,7 @@ class DiffractionInputs:
         power: float = 0.5,
         ring: tuple[float, float] | None = None,
         batch_size: int = 256,
-        prebin: bool = True,
+        prebin: bool | int | str = True,
         cache_mb: float | None = None,
         units: str | None = None,
     ) -> DiffractionInputs:
@@ -230,10 +236,14 @@ class DiffractionInputs:
             pattern (or from ``braggvectors``), outer = 0.95 x ``q_max``.
         batch_size : int
             Patterns read at a time, >= 1.
-        prebin : bool
-            Pre-bin large detectors before resampling (module docs:
-            Pre-binning; only when area averaging would need >= 4 x 4
-            sub-samples per output pixel). Default True.
+        prebin : bool, int or "coarsest"
+            Pre-bin large detectors before resampling
+            (:mod:`~py4dstem_ccstae.sampling`, Pre-binning). True (default):
+            only when area averaging would need >= 4 x 4 sub-samples per
+            output pixel, by the smallest factor that brings it below; an
+            int: that factor (its binned pixels no larger than an output
+            pixel); ``"coarsest"``: the largest such factor; False: none.
+            A fitted model maps with the factor it was trained with.
         cache_mb : float, optional
             Keep the resampled patterns (float32, before intensity scaling) in
             memory when they take at most this many MB (default
@@ -317,7 +327,7 @@ class DiffractionInputs:
         power: float = 0.5,
         ring: tuple[float, float] | None = None,
         batch_size: int = 256,
-        prebin: bool = True,
+        prebin: bool | int | str = True,
         units: str | None = None,
         origin: np.ndarray | None = None,
         origin_measured: bool = False,
@@ -351,8 +361,7 @@ class DiffractionInputs:
         power = check_number(power, "power", low=0.0, low_open=True)
         if ring is not None:
             ring = check_ring(ring)
-        if not isinstance(prebin, (bool, np.bool_)):
-            raise ValueError(f"prebin must be True or False, got {prebin!r}")
+        prebin = check_prebin(prebin)
 
         data = datacube.data
         Rx, Ry, Qx, Qy = (int(v) for v in data.shape)
@@ -542,7 +551,8 @@ class DiffractionInputs:
             q_max=self.q_max,
             units=self.units,
             batch_size=self.batch_size,
-            prebin=self.prebin,
+            # an explicit factor is the main size's; another size takes its own
+            prebin=self.prebin if isinstance(self.prebin, (bool, str)) else True,
         )
         for name in (
             "origin_measured",

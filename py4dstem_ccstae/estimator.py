@@ -161,6 +161,11 @@ class CCSTAE(SavedModel):
             kw["q_max"] = q_max
         if ring is not None:
             kw["ring"] = tuple(ring)
+        if fitted.get("q_max") is not None:
+            # a fitted model prepares data as it was trained; models saved
+            # before the pre-binning rule was recorded used "coarsest"
+            prebin = fitted.get("prebin")
+            kw["prebin"] = "coarsest" if prebin is None else prebin
         return kw
 
     def _train_config(self) -> TrainConfig:
@@ -305,6 +310,8 @@ class CCSTAE(SavedModel):
             ring=[float(r) for r in inputs.ring],
             symmetry=int(sym),
             units=inputs.units,
+            prebin=inputs.prebin,
+            bin_factor=int(inputs.bin_factor),
             spots=None if spots is None else spots.tolist(),
             spot_radius=spot_model.radius,
             base_spots=[None if sp is None else sp.tolist() for sp in base_spots],
@@ -557,6 +564,9 @@ def _check_prepared(inputs: DiffractionInputs, options: dict) -> None:
     ``options``: :meth:`CCSTAE._input_options` of the fitted state (size,
     scaling, units, q_max, ring), compared with the inputs' attributes.
     """
+    # the pre-binning of prepared inputs is the caller's choice (it depends on
+    # the detector, which may differ from the training data's)
+    options = {k: v for k, v in options.items() if k != "prebin"}
     want = {k: (list(v) if k == "ring" else v) for k, v in options.items()}
     have = {k: (list(inputs.ring) if k == "ring" else getattr(inputs, k)) for k in want}
     diff = []

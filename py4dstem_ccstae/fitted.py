@@ -44,6 +44,14 @@ class FittedState:
         The lattice's rotation order the network uses.
     units : str
         Q units of ``q_max`` and ``ring`` (the calibration's).
+    prebin : bool, int or str, optional
+        The training inputs' ``prebin``
+        (:class:`~py4dstem_ccstae.adapters.DiffractionInputs`), with which
+        prediction prepares a DataCube; None in models saved before
+        it was recorded, which map with ``"coarsest"`` (the rule they were
+        trained with).
+    bin_factor : int, optional
+        The training inputs' detector pre-binning factor (1: none).
     spots : list of [row, col] or None
         The first base with spots' spot offsets (model pixels); None: no
         spots on any base.
@@ -81,6 +89,8 @@ class FittedState:
     ring: list | None = None
     symmetry: int | None = None
     units: str | None = None
+    prebin: bool | int | str | None = None
+    bin_factor: int | None = None
     spots: list | None = None
     spot_radius: float | None = None
     base_spots: list | None = None

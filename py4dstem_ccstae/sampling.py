@@ -34,14 +34,22 @@ Pre-binning
 -----------
 When the area averaging would need ``s >= 4`` sub-samples per output pixel
 (large detectors, e.g. 256x256 or 512x512 at ``size=64``), the detector is
-first binned by ``b`` (:func:`bin_factor`: the largest integer with ``b *
-d_max <= dq``), averaging ``b x b`` blocks (trailing rows and columns that
-fill no block are dropped), and resampled from the binned detector. The
-calibration is carried through exactly: binned pixel ``k`` spans raw pixels
-``b k ... b k + b - 1``, so a raw coordinate ``o`` (the origin) is ``(o - (b -
-1) / 2) / b`` binned, the detector matrix is ``b C`` (pixel size x ``b``),
-ellipse and Q/R rotation unchanged. :attr:`DetectorSampling.bin_factor`
-records ``b``; ``prebin=False`` turns it off.
+first binned by ``b`` and resampled from the binned detector, averaging ``b x
+b`` blocks (trailing rows and columns that fill no block are dropped).
+:func:`bin_factor` takes the *smallest* ``b`` that brings the supersampling
+below 4 (the cost of the resampling is ``s**2`` samples per output pixel, the
+same for every ``b`` that gives the same ``s``), never one whose binned pixels
+exceed an output pixel (``b * d_max <= dq``). Every binning widens the
+effective sampling kernel (the ``b x b`` box and bilinear interpolation on
+the coarser grid), so the finest binning that is as fast is also the most
+faithful; the largest such ``b`` (``prebin="coarsest"``, the rule of the
+first version) blurs more (at 256x256 and ``size=64``: ``b = 3`` against
+``b = 2``, both with ``s = 2``). The calibration is carried through exactly:
+binned pixel ``k`` spans raw pixels ``b k ... b k + b - 1``, so a raw
+coordinate ``o`` (the origin) is ``(o - (b - 1) / 2) / b`` binned, the
+detector matrix is ``b C`` (pixel size x ``b``), ellipse and Q/R rotation
+unchanged. :attr:`DetectorSampling.bin_factor` records ``b``; ``prebin``
+also takes ``False`` (no binning) or an explicit factor.
 
 Ring
 ----
@@ -64,12 +72,17 @@ __all__ = [
     "DetectorSampling",
     "automatic_ring",
     "bin_factor",
+    "check_prebin",
     "direct_beam_radius",
     "field_of_view",
 ]
 
 #: Supersampling from which the detector is pre-binned (module docs).
 PREBIN_SUPERSAMPLE = 4
+
+#: Rules of :func:`bin_factor`: the finest factor that brings the supersampling
+#: below :data:`PREBIN_SUPERSAMPLE` (the default), or the coarsest allowed.
+PREBIN_RULES = ("finest", "coarsest")
 
 #: Fraction of the largest inscribed circle used for the default ``q_max``.
 Q_MAX_MARGIN = 0.98
@@ -79,20 +92,45 @@ Q_MAX_MARGIN = 0.98
 DISK_SAMPLES = 37
 
 
-def bin_factor(dq: float, C: np.ndarray) -> int:
+def bin_factor(dq: float, C: np.ndarray, rule: str = "finest") -> int:
     """Detector pre-binning factor for output pixels of ``dq`` (Q units).
 
     1 unless area averaging would need :data:`PREBIN_SUPERSAMPLE` or more
-    sub-samples per output pixel (``ceil(dq / d_min) >= 4``); then the largest
-    integer ``b`` whose binned pixels are still no larger than an output pixel
-    along any direction (``b * d_max <= dq``, ``d_max`` the largest singular
-    value of ``C``), so the binned detector still samples the model's grid.
+    sub-samples per output pixel (``ceil(dq / d_min) >= 4``, ``d_min`` the
+    smallest singular value of ``C``). Then, among the factors whose binned
+    pixels are still no larger than an output pixel along any direction
+    (``b * d_max <= dq``, ``d_max`` the largest singular value; they still
+    sample the model's grid), ``rule="finest"`` (the default) takes the
+    smallest ``b`` with ``ceil(dq / (b d_min)) < 4`` (or the largest allowed,
+    if none reaches it) and ``rule="coarsest"`` the largest.
     """
+    if rule not in PREBIN_RULES:
+        raise ValueError(f"rule must be one of {PREBIN_RULES}, got {rule!r}")
     sv = np.linalg.svd(C, compute_uv=False)
     d_min, d_max = float(sv.min()), float(sv.max())
     if math.ceil(dq / d_min - 1e-6) < PREBIN_SUPERSAMPLE:
         return 1
-    return max(1, int(math.floor(dq / d_max + 1e-9)))
+    largest = max(1, int(math.floor(dq / d_max + 1e-9)))
+    if rule == "coarsest":
+        return largest
+    for b in range(2, largest + 1):
+        if math.ceil(dq / (b * d_min) - 1e-6) < PREBIN_SUPERSAMPLE:
+            return b
+    return largest
+
+
+def check_prebin(prebin) -> bool | int | str:
+    """``prebin`` checked: True, False, ``"coarsest"`` or an int >= 1 (ValueError)."""
+    if isinstance(prebin, (bool, np.bool_)):
+        return bool(prebin)
+    if isinstance(prebin, str) and prebin == "coarsest":
+        return prebin
+    if isinstance(prebin, (int, np.integer)) and int(prebin) >= 1:
+        return int(prebin)
+    raise ValueError(
+        "prebin must be True (automatic), False (off), 'coarsest' or an "
+        f"integer factor >= 1, got {prebin!r}"
+    )
 
 
 def disk_points() -> np.ndarray:
@@ -115,8 +153,12 @@ class DetectorSampling:
         Half-width of the field of view, Q units; ``dq = 2 q_max / size``.
     C : ndarray (2, 2)
         Detector matrix (raw detector pixel offsets -> Q units).
-    prebin : bool
-        Pre-bin large detectors (module docs: Pre-binning).
+    prebin : bool, int or "coarsest"
+        Pre-bin large detectors (module docs: Pre-binning): True, the
+        automatic factor (:func:`bin_factor`, ``rule="finest"``);
+        ``"coarsest"``, the largest allowed factor; False, none (1); an int
+        ``b >= 1``, that factor (ValueError when its binned pixels would
+        exceed an output pixel, ``b * d_max > dq``).
 
     Attributes
     ----------
@@ -131,12 +173,15 @@ class DetectorSampling:
         column); the ``s x s`` blocks are the output pixels.
     """
 
-    def __init__(self, size: int, q_max: float, C: np.ndarray, prebin: bool = True):
-        self.size, self.q_max, self.C, self.prebin = size, q_max, C, bool(prebin)
+    def __init__(
+        self, size: int, q_max: float, C: np.ndarray, prebin: bool | int | str = True
+    ):
+        self.size, self.q_max, self.C = size, q_max, C
+        self.prebin = check_prebin(prebin)
         self.dq = 2.0 * q_max / size
         t = (np.arange(size) - (size - 1) / 2.0) * self.dq
         self.q = np.stack(np.meshgrid(t, t, indexing="ij"), -1)
-        self.bin_factor = bin_factor(self.dq, C) if self.prebin else 1
+        self.bin_factor = self._factor(self.prebin)
         Cb = C * self.bin_factor
         d_min = float(np.linalg.svd(Cb, compute_uv=False).min())
         self.supersample = max(1, math.ceil(self.dq / d_min - 1e-6))
@@ -147,6 +192,23 @@ class DetectorSampling:
         self.offsets = torch.from_numpy(qf @ np.linalg.inv(Cb).T)
         # ((Qx, Qy), offsets in grid_sample's normalised (x, y), float32); lazy
         self._unit_offsets: tuple | None = None
+
+    def _factor(self, prebin: bool | int | str) -> int:
+        """The pre-binning factor ``prebin`` asks for (class docs)."""
+        if prebin is True or prebin == "coarsest":
+            rule = "finest" if prebin is True else "coarsest"
+            return bin_factor(self.dq, self.C, rule)
+        if prebin is False or prebin == 1:
+            return 1
+        d_max = float(np.linalg.svd(self.C, compute_uv=False).max())
+        if prebin * d_max > self.dq * (1 + 1e-9):
+            largest = max(1, int(math.floor(self.dq / d_max + 1e-9)))
+            raise ValueError(
+                f"prebin={prebin} bins detector pixels larger than a model pixel "
+                f"(at most {largest} here: binned pixels of {prebin * d_max:.4g} "
+                f"against model pixels of {self.dq:.4g} Q units)"
+            )
+        return int(prebin)
 
     def resample(self, raw: np.ndarray, origin: np.ndarray) -> np.ndarray:
         """Area-averaged patterns (n, size, size) float64 of raw ``(n, Qx, Qy)`` patterns.

@@ -499,7 +499,7 @@ def test_resized_keeps_geometry_and_intensity_scale(distorted):
 
 
 def test_large_detectors_are_prebinned_with_the_calibration_carried_through():
-    """256x256 detectors at size 64: binned 3x3 first; spots stay where they were."""
+    """256x256 detectors at size 64: binned 2x2 first (3x3 coarsest); spots stay put."""
     import py4DSTEM
 
     from py4dstem_ccstae.simulate import polycrystal
@@ -522,25 +522,77 @@ def test_large_detectors_are_prebinned_with_the_calibration_carried_through():
     cal.set_QR_rotation(0.3)
     binned = DiffractionInputs.from_datacube(dc, size=64, ring=(0.05, 1.0))
     full = DiffractionInputs.from_datacube(dc, size=64, ring=(0.05, 1.0), prebin=False)
-    assert (binned.bin_factor, binned.supersample) == (3, 2)
+    # the finest factor that brings the supersampling below 4; the coarsest
+    # allowed is 3 (binned pixels no larger than a model pixel)
+    assert (binned.bin_factor, binned.supersample) == (2, 2)
     assert (full.bin_factor, full.supersample) == (1, 4)
-    a, b = binned.batch([0])[0] ** 2, full.batch([0])[0] ** 2  # linear intensity
+    coarse = DiffractionInputs.from_datacube(
+        dc, size=64, ring=(0.05, 1.0), prebin="coarsest"
+    )
+    assert (coarse.bin_factor, coarse.supersample) == (3, 2)
+    three = DiffractionInputs.from_datacube(dc, size=64, ring=(0.05, 1.0), prebin=3)
+    assert (three.bin_factor, three.supersample) == (3, 2)
+    with pytest.raises(ValueError, match="prebin=4 bins detector pixels larger"):
+        DiffractionInputs.from_datacube(dc, size=64, ring=(0.05, 1.0), prebin=4)
     yy, xx = np.mgrid[:64, :64]
-    for peak in np.argwhere((b > 0.5 * b.max()) & (b == _local_max(b))):
-        w = (np.abs(yy - peak[0]) <= 4) & (np.abs(xx - peak[1]) <= 4)
-        ca = np.array([(a * w * yy).sum(), (a * w * xx).sum()]) / (a * w).sum()
-        cb = np.array([(b * w * yy).sum(), (b * w * xx).sum()]) / (b * w).sum()
-        assert np.abs(ca - cb).max() < 0.01  # a wrong origin formula: 0.26 px
+    b = full.batch([0])[0] ** 2  # linear intensity
+    for other in (binned, coarse):
+        a = other.batch([0])[0] ** 2
+        for peak in np.argwhere((b > 0.5 * b.max()) & (b == _local_max(b))):
+            w = (np.abs(yy - peak[0]) <= 4) & (np.abs(xx - peak[1]) <= 4)
+            ca = np.array([(a * w * yy).sum(), (a * w * xx).sum()]) / (a * w).sum()
+            cb = np.array([(b * w * yy).sum(), (b * w * xx).sum()]) / (b * w).sum()
+            assert np.abs(ca - cb).max() < 0.01  # a wrong origin formula: 0.26 px
     # 128x128 detectors need no binning
     small, _ = polycrystal(
         scan_shape=(2, 2), pattern_shape=(128, 128), num_grains=1, seed=4
     )
     assert DiffractionInputs.from_datacube(small, size=64).bin_factor == 1
-    with pytest.raises(ValueError, match="prebin must be True or False"):
-        DiffractionInputs.from_datacube(small, prebin="yes")
+    for bad in ("yes", 0, 2.5):
+        with pytest.raises(ValueError, match="prebin must be True"):
+            DiffractionInputs.from_datacube(small, prebin=bad)
 
 
 def _local_max(x: np.ndarray) -> np.ndarray:
     from scipy.ndimage import maximum_filter
 
     return maximum_filter(x, size=5)
+
+
+def test_a_model_maps_with_the_prebinning_it_was_trained_with(tmp_path):
+    """fit records ``prebin``; predict prepares a DataCube with it, after save/load too.
+
+    A model trained on unbinned inputs of a 256x256 detector must not map
+    pre-binned ones (another sampling kernel than its bases'); a model saved
+    before the rule was recorded maps with ``"coarsest"``, its rule then.
+    """
+    import warnings
+
+    from py4dstem_ccstae import CCSTAE
+    from py4dstem_ccstae.simulate import polycrystal
+
+    dc, _ = polycrystal(scan_shape=(4, 4), pattern_shape=(256, 256), num_grains=1, seed=1)
+    kw = dict(size=32, epochs=1, epoch_size=16, batch_size=8, retries=0, min_sensitivity=0)
+    model = CCSTAE(**kw)
+    options = model._input_options(fitted={})
+    assert "prebin" not in options  # a fresh fit takes the automatic rule
+    unbinned = DiffractionInputs.from_datacube(dc, prebin=False, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(unbinned, seed=0, progress=False)
+        assert (model.fitted_["prebin"], model.fitted_["bin_factor"]) == (False, 1)
+        a = model.predict(dc)["A"]
+        b = model.predict(unbinned)["A"]
+        auto = DiffractionInputs.from_datacube(dc, **options)
+        assert auto.bin_factor > 1
+        c = model.predict(auto)["A"]  # prepared inputs: the caller's choice
+        path = tmp_path / "m.h5"
+        model.save(path)
+        loaded = CCSTAE.load(path)
+        assert loaded.fitted_["prebin"] is False
+        np.testing.assert_array_equal(loaded.predict(dc)["A"], a)
+        # a model saved before prebin was recorded
+        loaded.fitted_["prebin"] = None
+        assert loaded._input_options()["prebin"] == "coarsest"
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
