@@ -172,8 +172,12 @@ class DiffractionInputs:
         # resampled patterns (n_patterns, size, size) float32 when cached
         self._cache: np.ndarray | None = None
         # the grid, where it samples the (pre-binned) detector: sampling.py
-        self.prebin = check_prebin(prebin)
-        self._sampling = DetectorSampling(size, q_max, C, self.prebin)
+        self._sampling = DetectorSampling(size, q_max, C, prebin)
+
+    @property
+    def prebin(self) -> bool | int | str:
+        """The pre-binning asked for (``True``, ``False``, ``"coarsest"`` or a factor)."""
+        return self._sampling.prebin
 
     @property
     def bin_factor(self) -> int:

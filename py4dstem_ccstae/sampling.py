@@ -107,16 +107,26 @@ def bin_factor(dq: float, C: np.ndarray, rule: str = "finest") -> int:
     if rule not in PREBIN_RULES:
         raise ValueError(f"rule must be one of {PREBIN_RULES}, got {rule!r}")
     sv = np.linalg.svd(C, compute_uv=False)
-    d_min, d_max = float(sv.min()), float(sv.max())
+    d_min = float(sv.min())
     if math.ceil(dq / d_min - 1e-6) < PREBIN_SUPERSAMPLE:
         return 1
-    largest = max(1, int(math.floor(dq / d_max + 1e-9)))
+    largest = largest_factor(dq, C)
     if rule == "coarsest":
         return largest
     for b in range(2, largest + 1):
         if math.ceil(dq / (b * d_min) - 1e-6) < PREBIN_SUPERSAMPLE:
             return b
     return largest
+
+
+def largest_factor(dq: float, C: np.ndarray) -> int:
+    """Largest ``b`` whose binned pixels are no larger than an output pixel of ``dq``.
+
+    ``b * d_max <= dq`` (``d_max`` the largest singular value of ``C``), at
+    least 1.
+    """
+    d_max = float(np.linalg.svd(C, compute_uv=False).max())
+    return max(1, int(math.floor(dq / d_max + 1e-9)))
 
 
 def check_prebin(prebin) -> bool | int | str:
@@ -195,20 +205,19 @@ class DetectorSampling:
 
     def _factor(self, prebin: bool | int | str) -> int:
         """The pre-binning factor ``prebin`` asks for (class docs)."""
-        if prebin is True or prebin == "coarsest":
-            rule = "finest" if prebin is True else "coarsest"
-            return bin_factor(self.dq, self.C, rule)
-        if prebin is False or prebin == 1:
+        if prebin is False:
             return 1
-        d_max = float(np.linalg.svd(self.C, compute_uv=False).max())
-        if prebin * d_max > self.dq * (1 + 1e-9):
-            largest = max(1, int(math.floor(self.dq / d_max + 1e-9)))
+        if prebin is True:
+            return bin_factor(self.dq, self.C, "finest")
+        if prebin == "coarsest":
+            return bin_factor(self.dq, self.C, "coarsest")
+        largest = largest_factor(self.dq, self.C)
+        if prebin > largest:
             raise ValueError(
                 f"prebin={prebin} bins detector pixels larger than a model pixel "
-                f"(at most {largest} here: binned pixels of {prebin * d_max:.4g} "
-                f"against model pixels of {self.dq:.4g} Q units)"
+                f"(at most {largest} here, for model pixels of {self.dq:.4g} Q units)"
             )
-        return int(prebin)
+        return prebin
 
     def resample(self, raw: np.ndarray, origin: np.ndarray) -> np.ndarray:
         """Area-averaged patterns (n, size, size) float64 of raw ``(n, Qx, Qy)`` patterns.
