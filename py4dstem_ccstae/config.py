@@ -76,6 +76,8 @@ class Options:
     iterations), ``refine_size`` (its pattern size, px; None: ``size``),
     ``background`` (static background removed by the refinement),
     ``spot_texture`` (the refinement's model of each spot),
+    ``rotation_search`` (every pattern's in-plane rotation searched against
+    its base on top of the encoder's transform),
     ``spot_threshold`` (weakest spot used, relative to the brightest),
     ``mask_schedule``, ``coarse_sigma`` and ``coarse_epochs``
     (coarse-to-fine smoothing, model pixels and epochs), ``loss``,
@@ -100,6 +102,7 @@ class Options:
     refine_size: int | None = None
     background: str = "radial"
     spot_texture: str = "fixed"
+    rotation_search: bool = True
     spot_threshold: float = 0.05
     mask_schedule: bool = False
     coarse_sigma: float = 3.0
@@ -116,7 +119,7 @@ class Options:
             raise ValueError(f"symmetry must be 'auto' or a positive int, got {sym!r}")
         for name, (integer, low, low_open) in _NUMERIC.items():
             _check_option(name, getattr(self, name), integer, low, low_open)
-        for name in ("refine", "mask_schedule"):
+        for name in ("refine", "mask_schedule", "rotation_search"):
             value = getattr(self, name)
             if not _is_bool(value):
                 raise ValueError(f"{name} must be True or False, got {value!r}")

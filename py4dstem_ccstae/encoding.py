@@ -4,7 +4,10 @@
 input, pixel frame ``(qx, qy)``), its strain, rotation ``phi`` and the class
 head's top-1; :func:`encoder_sensitivity` measures how much that transform
 follows a known warp of the input (the lock-on check of
-:meth:`py4dstem_ccstae.CCSTAE.fit`: an encoder that never locked on scores ~0).
+:meth:`py4dstem_ccstae.CCSTAE.fit`: an encoder that never locked on scores ~0);
+:func:`searched_transforms` corrects the encoder's transforms by the
+exhaustive rotation search of :mod:`py4dstem_ccstae.rotsearch` (option
+``rotation_search``).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import numpy as np
 import torch
 
 from .model import CCSTAENet
+from .rotsearch import rotation_search
 from .warp import warp
 
-__all__ = ["encode", "SENSITIVITY_PROBES", "encoder_sensitivity"]
+__all__ = ["encode", "SENSITIVITY_PROBES", "encoder_sensitivity", "searched_transforms"]
 
 
 @torch.no_grad()
@@ -36,6 +40,19 @@ def encode(
         outs["phi"].append(o["phi"].cpu())
         outs["cls"].append(o["probs"].argmax(-1).cpu())
     return {k: torch.cat(v) for k, v in outs.items()}
+
+
+def searched_transforms(
+    net: CCSTAENet, X: torch.Tensor, enc: dict, ring: torch.Tensor
+) -> torch.Tensor:
+    """The encoder's transforms ``enc["A"]`` corrected by the rotation search.
+
+    Each pattern of ``X`` (N, S, S) against the base of its class
+    ``enc["cls"]`` (N,), within half the lattice's period ``net.symmetry``
+    (:func:`~py4dstem_ccstae.rotsearch.rotation_search`); ``ring`` (S, S) is
+    the ring mask. Returns (N, 2, 2) in ``enc["A"]``'s dtype, on the CPU.
+    """
+    return rotation_search(X, enc["A"], net.bases, enc["cls"], ring, net.symmetry)
 
 
 #: Probe transforms of :func:`encoder_sensitivity`: name -> ``T(delta)`` in

@@ -182,6 +182,7 @@ class CCSTAE(SavedModel):
             loss=self.config["loss"],
             overshoot=float(self.config["overshoot"]),
             base_l1=float(self.config["base_l1"]),
+            rotation_search=bool(self.config["rotation_search"]),
         )
 
     # ---------------------------------------------------------------- fit
@@ -524,6 +525,9 @@ class CCSTAE(SavedModel):
                 raise ValueError(f"the model's fitted metadata lacks {key!r}")
         if "bases" not in state or np.ndim(state["bases"]) < 3:
             raise ValueError("the model has no bases array of shape (K, 1, S, S)")
+        # models saved before the rotation search existed map as they were
+        # trained: without it (their outputs do not change)
+        config = {"rotation_search": False, **config}
         try:
             obj = cls(**config)
         except TypeError as err:  # unknown options: a newer version wrote it

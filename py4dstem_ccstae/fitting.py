@@ -32,7 +32,14 @@ import torch
 from .model import CCSTAENet
 from .spotmodel import SpotModel, resize_bases
 from .symmetry import lattice_symmetry
-from .train import TrainConfig, encode, encoder_sensitivity, fit_network, pattern_classes
+from .train import (
+    TrainConfig,
+    encode,
+    encoder_sensitivity,
+    fit_network,
+    pattern_classes,
+    searched_transforms,
+)
 
 __all__ = [
     "auto_symmetry",
@@ -306,7 +313,9 @@ def fit_spot_model(
 
     :data:`REALIGN_PATTERNS` training patterns spread over the whole
     training set (not its first rows: the top of the scan), all of them when
-    fewer, at the refinement's size (``inputs`` resized when it differs).
+    fewer, at the refinement's size (``inputs`` resized when it differs),
+    starting from the encoder's transforms corrected by the rotation search
+    (``config["rotation_search"]``), as prediction does.
     Returns the fitted spot model and every pattern's median gain
     (:meth:`~py4dstem_ccstae.spotmodel.SpotModel.fit`).
     """
@@ -320,11 +329,13 @@ def fit_spot_model(
         sub = torch.from_numpy(inputs.resized(rsize).batch(train_idx[rows_sub]))
         bases = resize_bases(net.bases, rsize)
     mask = torch.tensor(inputs.mask, dtype=torch.float32)
-    cls = pattern_classes(net, X_sub, enc, mask, cfg)
+    enc["cls"] = pattern_classes(net, X_sub, enc, mask, cfg)
+    if config["rotation_search"]:
+        enc["A"] = searched_transforms(net, X_sub, enc, mask)
     return spot_model.fit(
         sub,
         enc["A"],
-        cls,
+        enc["cls"],
         bases,
         iterations=int(config["refine_steps"]),
         background=config["background"],

@@ -2,9 +2,11 @@
 
 Per batch of :data:`PREDICT_BATCH` patterns: the encoder's transform, the
 class (the base that reconstructs the pattern best under its transform, as
-in training), then the spot model's per-pattern refinement (or, without it,
-the masked reconstruction error). A pattern is valid when its base has spots
-while it shows them (median spot gain at least
+in training), the transform corrected by the in-plane rotation search
+against that base (option ``rotation_search``), then the spot model's
+per-pattern refinement (or, without it, the masked reconstruction error).
+A pattern is valid when its base has spots while it shows them (median spot
+gain at least
 :data:`~py4dstem_ccstae.fitting.WEAK_GAIN`), and no spot of its base lost more
 than :data:`COVERAGE_DROP` of its disk off the detector compared with the
 training data. Memory holds one batch of inputs plus the outputs. Where the
@@ -23,7 +25,7 @@ from .fitted import Prediction
 from .fitting import WEAK_GAIN
 from .losses import cycle_losses
 from .spotmodel import SpotModel
-from .train import TrainConfig, encode, pattern_classes
+from .train import TrainConfig, encode, pattern_classes, searched_transforms
 
 __all__ = ["check_finite", "predict_inputs"]
 
@@ -74,7 +76,8 @@ def predict_inputs(
     spot_model : SpotModel
         The fitted spot model.
     config : dict
-        The model's options (``refine``, ``refine_steps``, ``spot_texture``).
+        The model's options (``refine``, ``refine_steps``, ``spot_texture``,
+        ``rotation_search``).
     fitted : FittedState
         The fitted state (``spot_coverage``: the training data's disk areas).
     cfg : TrainConfig
@@ -157,12 +160,15 @@ def _context(net, sm, config, fitted, cfg, inputs, refine_transforms) -> dict:
 def _predict_batch(X: torch.Tensor, idx: np.ndarray, ctx: dict):
     """One batch: transforms, classes, errors, "shows its lattice", spots off.
 
-    Encoder, class by reconstruction, then the spot model's refinement
-    (or, without it, the masked reconstruction error).
+    Encoder, class by reconstruction, rotation search (``rotation_search``),
+    then the spot model's refinement (or, without it, the masked
+    reconstruction error).
     """
     net, sm, dev, config = ctx["net"], ctx["sm"], ctx["dev"], ctx["config"]
     enc = encode(net, X)
     enc["cls"] = pattern_classes(net, X, enc, ctx["ring"], ctx["cfg"])
+    if config["rotation_search"]:
+        enc["A"] = searched_transforms(net, X, enc, ctx["ring"])
     Ab = enc["A"].to(torch.float64)
     err = torch.full((len(idx),), float("nan"), dtype=torch.float64)
     todo = torch.ones(len(idx), dtype=torch.bool)  # error still to compute

@@ -26,10 +26,11 @@ import torch
 
 from .bases import init_bases, update_bases
 from .config import Options
-from .encoding import SENSITIVITY_PROBES, encode, encoder_sensitivity
+from .encoding import SENSITIVITY_PROBES, encode, encoder_sensitivity, searched_transforms
 from .losses import cycle_losses, strain_hinge
 from .model import CCSTAENet
 from .spotfind import find_spots
+from .warp import gaussian_blur
 
 __all__ = [
     "TrainConfig",
@@ -41,6 +42,8 @@ __all__ = [
     "init_bases",
     "update_bases",
     "resolve_device",
+    "gaussian_blur",
+    "searched_transforms",
 ]
 
 
@@ -109,6 +112,13 @@ class TrainConfig:
     overshoot : float
         Weight of pixels where the base side exceeds the data
         (:func:`~py4dstem_ccstae.losses.pixel_loss`).
+    rotation_search : bool
+        Before every re-estimation of the bases, correct the encoder's
+        transforms by the exhaustive in-plane rotation search against the
+        current bases (:func:`~py4dstem_ccstae.encoding.searched_transforms`),
+        so that the aligned means stay sharp while the encoder has not
+        locked on, or where grains are rotated beyond the basin of the
+        reconstruction loss.
     base_l1 : float
         L1 sparsity on the bases, applied as its proximal step (soft
         threshold ``sign(b) * max(|b| - base_l1, 0)``, scaled-intensity units)
@@ -135,6 +145,7 @@ class TrainConfig:
     loss: str = Options.loss
     overshoot: float = Options.overshoot
     base_l1: float = Options.base_l1
+    rotation_search: bool = Options.rotation_search
 
 
 def resolve_device(device: str) -> torch.device:
@@ -221,25 +232,6 @@ def coarse_sigma(config: TrainConfig, epoch: int) -> float:
     if config.coarse_sigma <= 0 or length <= 0:
         return 0.0
     return max(0.0, config.coarse_sigma * (1.0 - epoch / length))
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``x`` (B, C, H, W); ``sigma`` in pixels.
-
-    Zero padding (outside the pattern is no signal); the kernel is truncated
-    at 3 sigma and normalised. ``sigma <= 0`` returns ``x`` unchanged.
-    """
-    if sigma <= 0:
-        return x
-    r = max(1, int(math.ceil(3.0 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    C = x.shape[1]
-    kx = k.view(1, 1, -1, 1).expand(C, 1, -1, 1).contiguous()
-    ky = k.view(1, 1, 1, -1).expand(C, 1, 1, -1).contiguous()
-    x = torch.nn.functional.conv2d(x, kx, padding=(r, 0), groups=C)
-    return torch.nn.functional.conv2d(x, ky, padding=(0, r), groups=C)
 
 
 def spot_mask(ring: torch.Tensor, spots: np.ndarray, radius: float) -> torch.Tensor:
@@ -426,11 +418,15 @@ def _refresh_bases(
     """Bases re-estimated from the epoch's patterns ``Xs``: aligned means, then L1.
 
     Each base becomes the aligned mean of the patterns assigned to it
-    (:func:`update_bases`, classes by :func:`pattern_classes`); with
-    ``base_l1 > 0`` its proximal step (soft threshold) follows.
+    (:func:`update_bases`, classes by :func:`pattern_classes`), under the
+    encoder's transforms corrected by the rotation search
+    (``config.rotation_search``); with ``base_l1 > 0`` its proximal step
+    (soft threshold) follows.
     """
     enc = encode(net, Xs)
-    update_bases(net, Xs, enc["A"], pattern_classes(net, Xs, enc, mask, config))
+    enc["cls"] = pattern_classes(net, Xs, enc, mask, config)
+    A = searched_transforms(net, Xs, enc, mask) if config.rotation_search else enc["A"]
+    update_bases(net, Xs, A, enc["cls"])
     if config.base_l1 > 0:
         with torch.no_grad():
             b = net.bases.data

@@ -15,15 +15,18 @@ Conventions
   its centre at coordinate ``i`` (default: ``((Qx - 1) / 2, (Qy - 1) / 2)``).
 * torch's ``affine_grid`` works in ``(x, y) = (column, row)`` normalised to
   [-1, 1] with ``align_corners=False``: ``x = (2 * column + 1) / Qy - 1``.
-  :func:`grid_theta` converts; nothing else in the package should.
+  :func:`grid_theta`, :func:`pixel_to_grid` and :func:`sample_offsets`
+  convert; nothing else in the package should.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["grid_theta", "warp"]
+__all__ = ["gaussian_blur", "grid_theta", "pixel_to_grid", "sample_offsets", "warp"]
 
 _SWAP = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
 
@@ -100,9 +103,58 @@ def warp(
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
-def _pixel_to_grid(p: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def sample_offsets(x: torch.Tensor, A: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``x`` at ``c + A @ y`` for offsets ``y`` from the centre.
+
+    Parameters
+    ----------
+    x : Tensor (B, C, Qx, Qy)
+        Patterns; ``c = ((Qx - 1) / 2, (Qy - 1) / 2)``.
+    A : Tensor (B, 2, 2)
+        Transforms in pixel ``(qx, qy)`` coordinates (a base feature at
+        ``c + y`` is looked for at ``c + A @ y``).
+    offsets : Tensor (2, M)
+        Offsets ``y`` (pixels, rows ``qx`` then ``qy``).
+
+    Returns
+    -------
+    Tensor (B, C, M)
+        Zero outside the field of view (``align_corners=False``).
+    """
+    Qx, Qy = x.shape[-2], x.shape[-1]
+    dt = x.dtype
+    # c maps to the normalised origin; a pixel offset d is 2 d / Q there, in
+    # (x, y) = (column, row) order
+    swap = _SWAP.to(dtype=dt, device=x.device)
+    scale = torch.tensor([[2.0 / Qy], [2.0 / Qx]], dtype=dt, device=x.device)
+    xy = scale * (swap @ A.to(x.device, dt) @ offsets.to(x.device, dt))  # (B, 2, M)
+    grid = xy.transpose(1, 2)[:, None]  # (B, 1, M, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[:, :, 0]
+
+
+def pixel_to_grid(p: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Pixel ``(row, col)`` coordinates (..., 2) -> ``grid_sample`` ``(x, y)``, [-1, 1]."""
     Qx, Qy = shape
     x = (2.0 * p[..., 1] + 1.0) / Qy - 1.0
     y = (2.0 * p[..., 0] + 1.0) / Qx - 1.0
     return torch.stack([x, y], -1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``x`` (B, C, H, W); ``sigma`` in pixels.
+
+    Zero padding (outside the pattern is no signal); the kernel is truncated
+    at 3 sigma and normalised. ``sigma <= 0`` returns ``x`` unchanged.
+    """
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    C = x.shape[1]
+    kx = k.view(1, 1, -1, 1).expand(C, 1, -1, 1).contiguous()
+    ky = k.view(1, 1, 1, -1).expand(C, 1, 1, -1).contiguous()
+    x = F.conv2d(x, kx, padding=(r, 0), groups=C)
+    return F.conv2d(x, ky, padding=(0, r), groups=C)
