@@ -68,7 +68,10 @@ def client():
 def _same(a: dict, b: dict, tol: float = TOL) -> None:
     assert (a["class"] == b["class"]).all() and (a["valid"] == b["valid"]).all()
     np.testing.assert_allclose(a["A"], b["A"], rtol=0, atol=tol)
-    np.testing.assert_allclose(a["error"], b["error"], rtol=tol, atol=0)
+    # the residual is a float32 sum over a whole pattern: blocks of other sizes
+    # (the rotation search's FFTs and the refinement batch by block) round it
+    # differently, by up to ~10 float32 ulp (measured 1.3e-6 relative)
+    np.testing.assert_allclose(a["error"], b["error"], rtol=10 * tol, atol=0)
 
 
 def test_a_path_is_read_lazily_in_blocks_with_the_same_result(model, scan, expected):
