@@ -34,9 +34,13 @@ __all__ = [
     "is_emd_file",
     "open_datacube",
     "read_datacube",
+    "read_emd",
     "reserve_output",
     "save_emd",
 ]
+
+#: Attempts of :func:`read_emd` when emdfile's class lookup races an import.
+EMD_READ_ATTEMPTS = 5
 
 
 class OutputExistsError(FileExistsError, ValueError):
@@ -507,6 +511,32 @@ def find_groups(
     return found
 
 
+def read_emd(reader, *args, **kwargs):
+    """``reader(*args, **kwargs)``, repeated when emdfile's class lookup races an import.
+
+    ``reader`` is ``emdfile.read`` or ``py4DSTEM.read``.
+
+    emdfile finds the classes it rebuilds (py4DSTEM's ``Calibration``,
+    ``DataCube``...) by iterating over ``sys.modules`` while it reads. When
+    another thread of the process imports a module meanwhile (a dask worker's
+    event loop does), that iteration raises ``RuntimeError: dictionary changed
+    size during iteration`` (seen in ``benchmarks/large_data.py``, where dask's
+    task retry recovered). The read is repeated up to
+    :data:`EMD_READ_ATTEMPTS` times for that error only; any other error
+    propagates at once.
+    """
+    for attempt in range(EMD_READ_ATTEMPTS):
+        try:
+            return reader(*args, **kwargs)
+        except RuntimeError as err:
+            if "changed size during iteration" not in str(err) or (
+                attempt == EMD_READ_ATTEMPTS - 1
+            ):
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def open_datacube(path: str | os.PathLike, datapath: str | None = None):
     """A DataCube whose data are read lazily from ``path`` (nothing loaded yet).
 
@@ -557,7 +587,7 @@ def open_datacube(path: str | os.PathLike, datapath: str | None = None):
     root = node.split("/")[0]
     f = h5py.File(path, "r")
     dataset = f[node]["data"]
-    meta = emdfile.read(str(path), emdpath=root, tree=False).metadata
+    meta = read_emd(emdfile.read, str(path), emdpath=root, tree=False).metadata
     cal = meta["calibration"] if "calibration" in meta else None
     return py4DSTEM.DataCube(data=dataset, calibration=cal)
 
@@ -603,7 +633,7 @@ def read_datacube(path: str | os.PathLike, datapath: str | None = None, **import
                 f"input: {str(path)!r} holds {len(cubes)} DataCubes; choose one with "
                 f"datapath ({', '.join(cubes)})"
             )
-        dc = py4DSTEM.read(str(path), datapath=cubes[0], tree=False)
+        dc = read_emd(py4DSTEM.read, str(path), datapath=cubes[0], tree=False)
     else:
         if datapath:
             raise ValueError(

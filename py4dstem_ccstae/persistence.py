@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import OutputExistsError, atomic_write, find_groups, is_emd_file, reserve_output
+from .io import (
+    OutputExistsError,
+    atomic_write,
+    find_groups,
+    is_emd_file,
+    read_emd,
+    reserve_output,
+)
 
 __all__ = [
     "SavedModel",
@@ -396,7 +403,7 @@ def _read_model(path: Path, datapath: str | None):
             f"path: {len(models)} CCSTAE models{where} in {str(path)!r}; choose one "
             f"with datapath ({', '.join(models)})"
         )
-    node = emdfile.read(str(path), emdpath=models[0], tree=True)
+    node = read_emd(emdfile.read, str(path), emdpath=models[0], tree=True)
     return read_model_node(node)
 
 

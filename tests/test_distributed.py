@@ -114,6 +114,40 @@ def test_a_small_file_is_read_once_in_one_process(model, scan, expected, monkeyp
     assert read["values"] == np.size(dc.data)
 
 
+def test_opening_a_file_survives_emdfiles_import_race(scan, monkeypatch):
+    # emdfile walks sys.modules while it reads; an import in another thread
+    # of a dask worker makes that walk raise (seen in benchmarks/large_data.py)
+    import emdfile
+
+    import py4dstem_ccstae.io as io
+
+    dc, path = scan
+    real, calls = emdfile.read, {"n": 0}
+
+    def racing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise RuntimeError("dictionary changed size during iteration")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(emdfile, "read", racing)
+    cube = io.open_datacube(path)
+    assert calls["n"] == 3
+    assert cube.calibration.get_Q_pixel_size() == dc.calibration.get_Q_pixel_size()
+    # any other error, and the race once it outlasts the attempts, propagates
+    calls["n"] = -10
+    with pytest.raises(RuntimeError, match="changed size"):
+        io.open_datacube(path)
+    assert calls["n"] == -10 + io.EMD_READ_ATTEMPTS
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(emdfile, "read", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        io.open_datacube(path)
+
+
 def test_an_uncalibrated_origin_is_measured_on_blocks_as_in_one_process(
     model, scan, tmp_path
 ):
