@@ -79,6 +79,46 @@ def test_refinement_recovers_known_transforms():
     assert float(out["t"].abs().max()) < 1e-3  # no spurious translation
 
 
+def test_refinement_follows_spots_beyond_their_starting_pixel(monkeypatch):
+    # a start 4 % off (outer spots 1.1 px away, as the encoder's estimate
+    # when it has not locked on, or a heterostructure's second lattice): the
+    # input patches are re-centred on the refined spots, so the compared
+    # disks follow them and the fit is not pulled back towards the start
+    from py4dstem_ccstae import spotfit
+
+    S = 64
+    g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
+    r = np.hypot(*g.T)
+    g = g[(r > 6) & (r < 28)]
+    truth = [(-0.04, -0.04, 0.0, 0.0), (0.03, -0.035, 0.01, 0.03)]
+    A = np.stack([LatticeTransform.from_strain(*t).params for t in truth])
+    # spots of fixed shape but an intensity profile that is not the
+    # base's (a flatter top): the template is not exact, as on real data
+    X = torch.tensor(
+        np.stack([_render(S, g, a, 1.5) + 0.5 * _render(S, g, a, 2.5) for a in A]),
+        dtype=torch.float32,
+    )
+    base = _render(S, g, np.eye(2), 1.5)
+    spots = spot_centres(base, np.round(g), 4.0)
+    patches = base_patches(torch.tensor(base, dtype=torch.float32)[None, None], spots, 4.0)
+    A0 = torch.eye(2, dtype=torch.float64).expand(len(A), 2, 2)
+
+    def worst(out):
+        got = [LatticeTransform(a.numpy()).strain() for a in out["A"]]
+        keys = ("e_xx", "e_yy", "e_xy", "theta")
+        return max(
+            abs(gi[k] - v)
+            for gi, t in zip(got, truth, strict=True)
+            for k, v in zip(keys, t, strict=True)
+        )
+
+    recentred = worst(refine_spots(X, patches, A0, spots, 4.0, iterations=20))
+    monkeypatch.setattr(spotfit, "RECENTRE_PASSES", 0)
+    fixed = worst(refine_spots(X, patches, A0, spots, 4.0, iterations=20))
+    assert recentred < 5e-4, recentred
+    assert fixed > 5 * recentred  # the windows left at the start pull it back
+
+
 def test_refinement_stops_each_pattern_once_converged(monkeypatch):
     # per-pattern early stop: the same fixed point as running every
     # iteration, with fewer inverse FFTs; realigned patches agree too
