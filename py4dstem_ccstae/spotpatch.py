@@ -42,6 +42,13 @@ __all__ = [
 ]
 
 
+#: How far (pixels) a spot may sit from its patch's centre pixel with its
+#: window (:meth:`BaseSpots.window`) still whole inside the patch's candidate
+#: pixels; the refinement re-centres the patches of spots that move further
+#: (:data:`py4dstem_ccstae.spotfit.RECENTRE_PX` is below it).
+WINDOW_SLACK = 1.0
+
+
 def patch_size(radius: float) -> int:
     """Side P (even, pixels) of the spot patches for a compared ``radius``."""
     return 2 * int(math.ceil(radius + 3)) + 2
@@ -137,12 +144,19 @@ class BaseSpots:
         ``A`` moves a spot.
     P : int
         Patch side (pixels, :func:`patch_size`).
+    radius : float
+        Compared radius (pixels): the window of a spot is 1 within
+        ``radius - 0.5`` of the spot's current position and falls to 0 at
+        ``radius + 0.5`` (:meth:`window`).
     D : Tensor (m,) long
-        Flat indices of a patch's compared pixels (within ``radius`` of its
-        centre).
+        Flat indices of a patch's candidate pixels: within ``radius + 0.5 +
+        WINDOW_SLACK`` of its centre, so the window of a spot up to
+        ``WINDOW_SLACK`` pixels from its patch's centre pixel is whole.
+    du, dv : Tensor (m,) float32
+        Row and column offsets (pixels) of the candidate pixels from the
+        patch centre.
     ur, vr : Tensor (m,) float32
-        Row and column offsets of the compared pixels from the patch centre,
-        in radii (the gain ramp of ``texture="ramp"``).
+        ``du``, ``dv`` in radii (the gain ramp of ``texture="ramp"``).
     f_base : Tensor (n, 2) float64
         Each spot's centre in its patch, from the patch centre (pixels).
     M : Tensor (n, 2, 6) float64
@@ -162,7 +176,10 @@ class BaseSpots:
     p: torch.Tensor
     reach: float
     P: int
+    radius: float
     D: torch.Tensor
+    du: torch.Tensor
+    dv: torch.Tensor
     ur: torch.Tensor
     vr: torch.Tensor
     f_base: torch.Tensor
@@ -184,8 +201,24 @@ class BaseSpots:
         return self.spectra.expand(count, -1, -1, -1).contiguous()
 
     def compared(self, G: torch.Tensor) -> torch.Tensor:
-        """Compared pixels (..., m) of the real patches whose half spectra are ``G``."""
+        """Candidate pixels (..., m) of the real patches whose half spectra are ``G``."""
         return torch.fft.irfft2(G, s=(self.P, self.P)).flatten(-2)[..., self.D]
+
+    def window(self, h: torch.Tensor) -> torch.Tensor:
+        """Weights (..., m) of the candidate pixels for spots at ``h`` (..., 2).
+
+        ``h``: each spot's position from its patch's centre pixel (pixels,
+        rows and columns). The window moves with the spot: 1 within
+        ``radius - 0.5`` pixels of ``h``, a cosine roll-off to 0 at ``radius
+        + 0.5``. A window fixed around the starting pixel cuts a spot that
+        has moved asymmetrically, and with a spot template that is not exact
+        that pulls the fit back towards its start; a window centred on the
+        spot's current position keeps a symmetric spot's true position a
+        fixed point of the fit.
+        """
+        d = torch.sqrt((self.du - h[..., 0, None]) ** 2 + (self.dv - h[..., 1, None]) ** 2)
+        x = (d - (self.radius - 0.5)).clamp(0.0, 1.0)
+        return 0.5 * (1.0 + torch.cos(math.pi * x))
 
 
 def _shift_jacobian(p: torch.Tensor) -> torch.Tensor:
@@ -224,8 +257,11 @@ def base_spots(
     fx, fy = patch_freqs(P, dt, dev)
     taper = patch_taper(P, radius + 1.0, dt, dev)
     u = torch.arange(P, dtype=dt, device=dev) - P // 2
-    inner = ((u[:, None] ** 2 + u[None, :] ** 2) <= radius**2).flatten()
-    D = torch.nonzero(inner)[:, 0]  # compared pixels of a patch (flat indices)
+    reach = radius + 0.5 + WINDOW_SLACK
+    inner = ((u[:, None] ** 2 + u[None, :] ** 2) <= reach**2).flatten()
+    D = torch.nonzero(inner)[:, 0]  # candidate pixels of a patch (flat indices)
+    du = u[:, None].expand(P, P).flatten()[D]
+    dv = u[None, :].expand(P, P).flatten()[D]
     Bp = patches.to(dt)
     edge = (taper < 0.05).to(dt)
     bg = (Bp * edge).sum((-1, -2), keepdim=True) / edge.sum()
@@ -237,9 +273,12 @@ def base_spots(
         p=p64,
         reach=float(p64.norm(dim=-1).max()) if n else 0.0,
         P=P,
+        radius=float(radius),
         D=D,
-        ur=u[:, None].expand(P, P).flatten()[D] / radius,
-        vr=u[None, :].expand(P, P).flatten()[D] / radius,
+        du=du,
+        dv=dv,
+        ur=du / radius,
+        vr=dv / radius,
         f_base=p64 + c - torch.round(p64 + c),
         M=_shift_jacobian(p64),
         fx=fx,
@@ -263,11 +302,10 @@ class InputSpots:
     valid : Tensor (B, n) bool
         Patch wholly inside the pattern.
     values : Tensor (B, n, m) float32
-        Compared pixels of the patches.
-    weight : Tensor (B, n, m) float32
-        1 for a valid patch, 0 otherwise.
-    wsum, mean : Tensor (B, n) float32
-        Sum of the weights (at least 1) and weighted mean of ``values``.
+        Candidate pixels of the patches (:attr:`BaseSpots.D`).
+    weight : Tensor (B, n, 1) float32
+        1 for a valid patch, 0 otherwise (the refinement multiplies it with
+        each spot's moving window, :meth:`BaseSpots.window`).
     """
 
     centres: torch.Tensor
@@ -275,8 +313,6 @@ class InputSpots:
     valid: torch.Tensor
     values: torch.Tensor
     weight: torch.Tensor
-    wsum: torch.Tensor
-    mean: torch.Tensor
 
 
 def input_spots(
@@ -294,10 +330,7 @@ def input_spots(
         x = x - background.to(x.device, x.dtype)
     patches, valid = gather_patches(x, centres.long(), base.P)
     values = patches.flatten(-2)[..., base.D]  # (B, n, m)
-    weight = valid.to(values.dtype)[..., None].expand_as(values)
-    wsum = weight.sum(-1).clamp_min(1.0)
-    mean = (weight * values).sum(-1) / wsum
-    return InputSpots(centres, patches, valid, values, weight, wsum, mean)
+    return InputSpots(centres, patches, valid, values, valid.to(values.dtype)[..., None])
 
 
 def shifted_spots(
@@ -306,13 +339,15 @@ def shifted_spots(
     """The base's spots moved to ``c + A p + t`` (``theta``, B x 6), patches at ``centres``.
 
     ``spectra``: the base's spectra once per pattern (:meth:`BaseSpots.repeated`).
-    Returns the sub-pixel shifts ``s`` (B, n, 2) float32 (pixels, from each
-    base spot's place in its patch) and the shifted patches' half spectra.
+    Returns the spots' positions ``h`` (B, n, 2) float32 from their patches'
+    centre pixels, the sub-pixel shifts ``s = h - f_base`` (B, n, 2) float32
+    (pixels, from each base spot's place in its patch) and the shifted
+    patches' half spectra.
     """
     A = theta[:, :4].reshape(-1, 2, 2)
     h = base.p @ A.transpose(-1, -2) + theta[:, None, 4:] + base.c - centres
     s = (h - base.f_base).to(torch.float32)
-    return s, spectra * shift_phase(s, base.fx, base.fy)
+    return h.to(torch.float32), s, spectra * shift_phase(s, base.fx, base.fy)
 
 
 def restored_patches(

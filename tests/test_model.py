@@ -79,11 +79,15 @@ def test_refinement_recovers_known_transforms():
     assert float(out["t"].abs().max()) < 1e-3  # no spurious translation
 
 
-def test_refinement_follows_spots_beyond_their_starting_pixel(monkeypatch):
-    # a start 4 % off (outer spots 1.1 px away, as the encoder's estimate
-    # when it has not locked on, or a heterostructure's second lattice): the
-    # input patches are re-centred on the refined spots, so the compared
-    # disks follow them and the fit is not pulled back towards the start
+def test_refinement_is_not_pulled_back_to_its_start(monkeypatch):
+    # a start 1 % and 4 % off (outer spots 0.3 and 1.1 px away, as the
+    # encoder's estimate when it has not locked on, or a heterostructure's
+    # second lattice), spots whose profile is not the base's (flatter or
+    # sharper top: the template is not exact, as on real data). A Jacobian
+    # kept from the start, or a compared disk fixed around the starting
+    # pixel, read 95-98 % of the way (1.9e-3 short at 4 %, 1.9e-4 at 1 %);
+    # the Jacobian taken at the current position and a window that moves
+    # with each spot get it to 1e-4, with or without re-centred patches
     from py4dstem_ccstae import spotfit
 
     S = 64
@@ -91,13 +95,8 @@ def test_refinement_follows_spots_beyond_their_starting_pixel(monkeypatch):
     r = np.hypot(*g.T)
     g = g[(r > 6) & (r < 28)]
     truth = [(-0.04, -0.04, 0.0, 0.0), (0.03, -0.035, 0.01, 0.03)]
+    truth += [(-0.01, -0.01, 0.0, 0.0), (0.01, -0.01, 0.0025, 0.03)]
     A = np.stack([LatticeTransform.from_strain(*t).params for t in truth])
-    # spots of fixed shape but an intensity profile that is not the
-    # base's (a flatter top): the template is not exact, as on real data
-    X = torch.tensor(
-        np.stack([_render(S, g, a, 1.5) + 0.5 * _render(S, g, a, 2.5) for a in A]),
-        dtype=torch.float32,
-    )
     base = _render(S, g, np.eye(2), 1.5)
     spots = spot_centres(base, np.round(g), 4.0)
     patches = base_patches(torch.tensor(base, dtype=torch.float32)[None, None], spots, 4.0)
@@ -112,11 +111,17 @@ def test_refinement_follows_spots_beyond_their_starting_pixel(monkeypatch):
             for k, v in zip(keys, t, strict=True)
         )
 
-    recentred = worst(refine_spots(X, patches, A0, spots, 4.0, iterations=20))
-    monkeypatch.setattr(spotfit, "RECENTRE_PASSES", 0)
-    fixed = worst(refine_spots(X, patches, A0, spots, 4.0, iterations=20))
-    assert recentred < 5e-4, recentred
-    assert fixed > 5 * recentred  # the windows left at the start pull it back
+    for wide in (0.5, -0.3):  # a flatter, then a sharper profile than the base's
+        X = torch.tensor(
+            np.stack([_render(S, g, a, 1.5) + wide * _render(S, g, a, 2.5) for a in A]),
+            dtype=torch.float32,
+        )
+        with monkeypatch.context() as m:
+            recentred = worst(refine_spots(X, patches, A0, spots, 4.0, iterations=20))
+            m.setattr(spotfit, "RECENTRE_PASSES", 0)
+            fixed = worst(refine_spots(X, patches, A0, spots, 4.0, iterations=20))
+        assert recentred < 1e-4, (wide, recentred)
+        assert fixed < 1e-4, (wide, fixed)
 
 
 def test_refinement_stops_each_pattern_once_converged(monkeypatch):
