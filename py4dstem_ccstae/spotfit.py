@@ -56,8 +56,6 @@ model keeps these patches and prediction streams batch by batch with them.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -229,14 +227,12 @@ def _refine_batch(
         rows = None if act.numel() == nb else act
         tha = _take(theta, rows)
         h, s, G = shifted_spots(base, tha, _take(inp.centres, rows), _take(spectra, rows))
-        # the shifted spots and their gradients at the current position, in
-        # one inverse FFT: a Jacobian kept from the start would move the
-        # fixed point (residual orthogonal to the start's gradients, not to
-        # the current ones), pulling the fit back towards the start by a
-        # fraction of the way whenever the template is not exact
-        Sv, gxa, gya = base.compared(
-            torch.stack([G, G * (2j * math.pi * base.fx), G * (2j * math.pi * base.fy)])
-        )
+        # the shifted spots and their gradients at the current position: a
+        # Jacobian kept from the start would move the fixed point (residual
+        # orthogonal to the start's gradients, not to the current ones),
+        # pulling the fit back towards the start by a fraction of the way
+        # whenever the template is not exact
+        Sv, gxa, gya = base.compared_with_gradients(G)
         Ip = _take(inp.values, rows)
         w = _take(inp.weight, rows) * base.window(h)  # moves with each spot
         wsum = w.sum(-1).clamp_min(1e-6)
