@@ -30,23 +30,24 @@ integer positions ("pixel locking", which biased a bilinear-warp refinement
 by 1-6e-4 in strain). The input patch ``I_k`` (centred on the pixel nearest
 the encoder's prediction) is modelled as ``a_k * shift(B_k, s_k) + b_k``
 inside a window of radius ``radius`` that moves with the spot (centred on its
-current position, soft edge 1 px wide: :meth:`~py4dstem_ccstae.spotpatch.BaseSpots.window`;
-per-spot gain and offset, solved in closed form, absorb intensity
-differences between grains, e.g. dynamical scattering). ``(A, t)`` (6
-numbers per pattern) minimise the windowed sum of squared residuals over all
-spots, by Gauss-Newton with a small Levenberg damping; each iteration is one
-batched inverse FFT (the shifted spots and their two gradients at the
-current position) and one 6 x 6 solve per pattern, and a pattern leaves the
+current position, soft edge 1 px wide:
+:meth:`~py4dstem_ccstae.spotpatch.BaseSpots.window`; per-spot gain and offset,
+solved in closed form, absorb intensity differences between grains, e.g.
+dynamical scattering). ``(A, t)`` (6 numbers per pattern) minimise the
+windowed sum of squared residuals over all spots, by Gauss-Newton with a small
+Levenberg damping; each iteration is one batched inverse FFT (the shifted
+spots and their two Fourier-derivative gradients at the current position,
+:data:`GRADIENTS`) and one 6 x 6 solve per pattern, and a pattern leaves the
 batch once its step moves no spot by more than ``tol`` (converged patterns
-cost nothing more). Both the window and the Jacobian follow the spots: with
-a spot template that is not exact (always, on real data), a window fixed
-around the starting pixel, or a Jacobian kept from the start, moves the
-fixed point of the iteration back towards the start (by 2-5 % of the way
-on synthetic spots with a wrong profile, up to ~15 % on multislice
-patterns). A pattern whose spots end more than :data:`RECENTRE_PX` from
-their patches' centre pixels is refined again with its input patches
-re-centred (at most :data:`RECENTRE_PASSES` times), so that every window
-lies whole inside its patch.
+cost nothing more). Both the window and the Jacobian follow the spots: with a
+spot template that is not exact (always, on real data), a window fixed around
+the starting pixel, or a Jacobian kept from the start, moves the fixed point
+of the iteration back towards the start (by 2-5 % of the way on synthetic
+spots with a wrong profile, up to ~15 % on multislice patterns). A pattern
+whose spots end more than :data:`RECENTRE_PX` from their patches' centre
+pixels is refined again with its input patches re-centred (at most
+:data:`RECENTRE_PASSES` times), so that every window lies whole inside its
+patch.
 At the end of training (:meth:`py4dstem_ccstae.CCSTAE.fit`) the base patches
 are re-estimated once as the mean of the training patterns' spot patches
 shifted back onto the base (rigid, Fourier; ``realign=True``), which removes
@@ -232,7 +233,7 @@ def _refine_batch(
         # orthogonal to the start's gradients, not to the current ones),
         # pulling the fit back towards the start by a fraction of the way
         # whenever the template is not exact
-        Sv, gxa, gya = base.compared_with_gradients(G)
+        Sv, gxa, gya = base.compared_with_gradients(G, GRADIENTS)
         Ip = _take(inp.values, rows)
         w = _take(inp.weight, rows) * base.window(h)  # moves with each spot
         wsum = w.sum(-1).clamp_min(1e-6)
@@ -260,6 +261,14 @@ def _refine_batch(
             break
     return last
 
+
+#: How the refinement differentiates the shifted spots: ``"spectral"``
+#: (Fourier derivatives, exact for band-limited patches) or ``"difference"``
+#: (central differences; measured on both kinds of data in
+#: ``benchmarks/multislice_reading.md``: better on the multislice
+#: heterostructure and the flat scan under noise, worse on the thickness
+#: wedge and the package's simulator, so not the default).
+GRADIENTS = "spectral"
 
 #: Extra rounds of the refinement with the input patches re-centred on the
 #: spots' refined positions (:func:`refine_spots`).

@@ -205,23 +205,29 @@ class BaseSpots:
         return torch.fft.irfft2(G, s=(self.P, self.P)).flatten(-2)[..., self.D]
 
     def compared_with_gradients(
-        self, G: torch.Tensor
+        self, G: torch.Tensor, gradients: str = "spectral"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Candidate pixels (..., m) of the patches of spectra ``G``, and their gradients.
 
-        The gradients along rows and columns are central differences of the
-        patch (one inverse FFT for all three; the candidate pixels lie at
-        least one pixel inside the patch). They are taken wherever the spot
-        is now: what keeps the refinement's fixed point in place is a
-        Jacobian that moves with the spot, antisymmetric about it like the
-        spot's true gradient, not its exact profile. Against the Fourier
-        derivative (two more inverse FFTs per iteration): synthetic spots
-        with a wrong profile read strain within 3e-5 of the truth with
-        either; multislice scans read much closer to the truth with central
-        differences (they weigh a spot's lower frequencies more, where an
-        inexact template errs less), the package's simulator 5-14 % worse
-        at 25 % noise (``benchmarks/multislice_reading.md``).
+        ``gradients``: ``"spectral"`` (the default of the refinement,
+        :data:`py4dstem_ccstae.spotfit.GRADIENTS`) differentiates the
+        band-limited patch exactly (Fourier derivatives; three inverse FFTs
+        in one call); ``"difference"`` takes central differences of the
+        patch (one inverse FFT; the candidate pixels lie at least one pixel
+        inside the patch). Either is taken wherever the spot is now, which is
+        what keeps the refinement's fixed point in place. The two read
+        synthetic spots of a wrong profile to 3e-5 in strain; on other data
+        they differ (``benchmarks/multislice_reading.md``): central
+        differences weigh a spot's lower frequencies more, which helped on
+        the multislice heterostructure and the flat scan under noise and
+        cost 5-14 % on the package's simulator and about 35 % on the
+        thickness wedge.
         """
+        if gradients == "spectral":
+            Sv, gx, gy = self.compared(
+                torch.stack([G, G * (2j * math.pi * self.fx), G * (2j * math.pi * self.fy)])
+            )
+            return Sv, gx, gy
         flat = torch.fft.irfft2(G, s=(self.P, self.P)).flatten(-2)
         D, P = self.D, self.P
         gx = 0.5 * (flat[..., D + P] - flat[..., D - P])

@@ -79,7 +79,8 @@ def test_refinement_recovers_known_transforms():
     assert float(out["t"].abs().max()) < 1e-3  # no spurious translation
 
 
-def test_refinement_is_not_pulled_back_to_its_start(monkeypatch):
+@pytest.mark.parametrize("gradients", ["spectral", "difference"])
+def test_refinement_is_not_pulled_back_to_its_start(monkeypatch, gradients):
     # a start 1 % and 4 % off (outer spots 0.3 and 1.1 px away, as the
     # encoder's estimate when it has not locked on, or a heterostructure's
     # second lattice), spots whose profile is not the base's (flatter or
@@ -88,8 +89,10 @@ def test_refinement_is_not_pulled_back_to_its_start(monkeypatch):
     # pixel, read 95-98 % of the way (1.9e-3 short at 4 %, 1.9e-4 at 1 %);
     # the Jacobian taken at the current position and a window that moves
     # with each spot get it to 1e-4, with or without re-centred patches
+    # (with either way of differentiating the shifted spots, spotfit.GRADIENTS)
     from py4dstem_ccstae import spotfit
 
+    monkeypatch.setattr(spotfit, "GRADIENTS", gradients)
     S = 64
     g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
     r = np.hypot(*g.T)
