@@ -35,9 +35,11 @@ current position, soft edge 1 px wide:
 solved in closed form, absorb intensity differences between grains, e.g.
 dynamical scattering). ``(A, t)`` (6 numbers per pattern) minimise the
 windowed sum of squared residuals over all spots, by Gauss-Newton with a small
-Levenberg damping; each iteration is one batched inverse FFT (the shifted
+Levenberg damping; each iteration is one batched matrix product (the shifted
 spots and their two Fourier-derivative gradients at the current position,
-:data:`GRADIENTS`) and one 6 x 6 solve per pattern, and a pattern leaves the
+:data:`GRADIENTS`, as the inverse transform of their shifted spectra at the
+compared pixels: :meth:`~py4dstem_ccstae.spotpatch.BaseSpots.compared_with_gradients`)
+and one 6 x 6 solve per pattern, and a pattern leaves the
 batch once its step moves no spot by more than ``tol`` (converged patterns
 cost nothing more). Both the window and the Jacobian follow the spots: with a
 spot template that is not exact (always, on real data), a window fixed around
@@ -45,7 +47,8 @@ the starting pixel, or a Jacobian kept from the start, moves the fixed point
 of the iteration back towards the start (by 2-5 % of the way on synthetic
 spots with a wrong profile, up to ~15 % on multislice patterns). A pattern
 whose spots end more than :data:`RECENTRE_PX` from their patches' centre
-pixels is refined again with its input patches re-centred (at most
+pixels is refined again (it alone: a pattern's answer does not depend on its
+batch) with its input patches re-centred (at most
 :data:`RECENTRE_PASSES` times), so that every window lies whole inside its
 patch.
 At the end of training (:meth:`py4dstem_ccstae.CCSTAE.fit`) the base patches
@@ -390,23 +393,37 @@ def refine_spots(
         th = theta[sl].clone()
         xb = X[sl].to(dev, dt)
         its = torch.zeros(th.shape[0], dtype=torch.long, device=dev)
-        for rnd in range(1 + RECENTRE_PASSES):
-            inp = input_spots(xb, th, base, background)
-            last = _refine_batch(
+        inp = input_spots(xb, th, base, background)
+        last = _refine_batch(
+            base, inp, th, iterations=iterations, damping=damping, tol=tol, realign=realign
+        )
+        its += last["iterations"]
+        for _ in range(RECENTRE_PASSES):
+            # again, only the patterns with a spot that ended far from its
+            # patch's centre pixel, their input patches re-centred, so that
+            # its moving window stays whole inside the patch's candidate
+            # pixels (a pattern's answer does not depend on its batch)
+            redo = torch.nonzero(_recentred(base, th, inp))[:, 0]
+            if redo.numel() == 0:
+                break
+            th_r = th[redo].clone()
+            inp_r = input_spots(xb[redo], th_r, base, background)
+            last_r = _refine_batch(
                 base,
-                inp,
-                th,
+                inp_r,
+                th_r,
                 iterations=iterations,
                 damping=damping,
                 tol=tol,
                 realign=realign,
             )
-            its += last["iterations"]
-            # again with the input patches re-centred where a spot ended
-            # far from its patch's centre pixel, so that its moving window
-            # stays whole inside the patch's candidate pixels
-            if rnd == RECENTRE_PASSES or not bool(_recentred(base, th, inp).any()):
-                break
+            th[redo] = th_r
+            its[redo] += last_r["iterations"]
+            for key, value in last_r.items():
+                if key != "iterations":
+                    last[key][redo] = value
+            for field in ("centres", "patches", "valid", "values", "weight"):
+                getattr(inp, field)[redo] = getattr(inp_r, field)
         theta[sl] = th
         error[sl] = last["error"].cpu()
         n_iter[sl] = its.cpu()

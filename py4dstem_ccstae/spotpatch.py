@@ -32,6 +32,7 @@ __all__ = [
     "patch_freqs",
     "patch_taper",
     "shift_phase",
+    "synthesis_matrix",
     "BaseSpots",
     "base_spots",
     "InputSpots",
@@ -209,30 +210,32 @@ class BaseSpots:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Candidate pixels (..., m) of the patches of spectra ``G``, and their gradients.
 
-        ``gradients``: ``"spectral"`` (the default of the refinement,
-        :data:`py4dstem_ccstae.spotfit.GRADIENTS`) differentiates the
-        band-limited patch exactly (Fourier derivatives; three inverse FFTs
-        in one call); ``"difference"`` takes central differences of the
-        patch (one inverse FFT; the candidate pixels lie at least one pixel
-        inside the patch). Either is taken wherever the spot is now, which is
-        what keeps the refinement's fixed point in place. The two read
-        synthetic spots of a wrong profile to 3e-5 in strain; on other data
-        they differ (``benchmarks/multislice_reading.md``): central
-        differences weigh a spot's lower frequencies more, which helped on
-        the multislice heterostructure and the flat scan under noise and
-        cost 5-14 % on the package's simulator and about 35 % on the
-        thickness wedge.
+        ``G`` (..., P, P // 2 + 1) complex64: half spectra of real patches
+        (``rfft2`` layout). ``gradients``: ``"spectral"`` (the default of the
+        refinement, :data:`py4dstem_ccstae.spotfit.GRADIENTS`) differentiates
+        the band-limited patch exactly (Fourier derivatives, ``2 pi i f``
+        times the spectrum); ``"difference"`` takes central differences of
+        the patch (the candidate pixels lie at least one pixel inside the
+        patch). Either is taken wherever the spot is now, which is what keeps
+        the refinement's fixed point in place. The two read synthetic spots
+        of a wrong profile to 3e-5 in strain; on other data they differ
+        (``benchmarks/multislice_reading.md``): central differences weigh a
+        spot's lower frequencies more, which helped on the multislice
+        heterostructure and the flat scan under noise and cost 5-14 % on the
+        package's simulator and about 35 % on the thickness wedge.
+
+        Computed as one real matrix product, ``view_as_real(G) @ W``:
+        ``W`` (:func:`synthesis_matrix`) is the linear map "inverse ``rfft2``,
+        then the candidate pixels and their gradients" materialised once, by
+        applying exactly that to every real and imaginary unit spectrum. The
+        result is that of the transforms themselves (same Nyquist handling)
+        to float32 rounding, at a fraction of the cost of a few million tiny
+        inverse FFTs (we only need ``m`` of the ``P * P`` pixels).
         """
-        if gradients == "spectral":
-            Sv, gx, gy = self.compared(
-                torch.stack([G, G * (2j * math.pi * self.fx), G * (2j * math.pi * self.fy)])
-            )
-            return Sv, gx, gy
-        flat = torch.fft.irfft2(G, s=(self.P, self.P)).flatten(-2)
-        D, P = self.D, self.P
-        gx = 0.5 * (flat[..., D + P] - flat[..., D - P])
-        gy = 0.5 * (flat[..., D + 1] - flat[..., D - 1])
-        return flat[..., D], gx, gy
+        m = self.D.numel()
+        W = synthesis_matrix(self.P, self.D, gradients, G.device)
+        out = torch.view_as_real(G).flatten(-3) @ W
+        return out[..., :m], out[..., m : 2 * m], out[..., 2 * m :]
 
     def window(self, h: torch.Tensor) -> torch.Tensor:
         """Weights (..., m) of the candidate pixels for spots at ``h`` (..., 2).
@@ -249,6 +252,55 @@ class BaseSpots:
         d = torch.sqrt((self.du - h[..., 0, None]) ** 2 + (self.dv - h[..., 1, None]) ** 2)
         x = (d - (self.radius - 0.5)).clamp(0.0, 1.0)
         return 0.5 * (1.0 + torch.cos(math.pi * x))
+
+
+_SYNTHESIS: dict = {}
+
+
+def synthesis_matrix(
+    P: int, D: torch.Tensor, gradients: str, device: torch.device | str
+) -> torch.Tensor:
+    """``W`` (2 * P * (P // 2 + 1), 3 * m) float32: half spectrum -> compared values.
+
+    For a half spectrum ``G`` (P, P // 2 + 1) of a real P x P patch (the
+    ``rfft2`` layout, :func:`patch_freqs`), ``view_as_real(G).flatten() @ W``
+    is ``[x[D], dx/drow[D], dy/dcol[D]]`` of ``x = irfft2(G, s=(P, P))``
+    (``D``: flat indices of the ``m`` candidate pixels): for ``gradients =
+    "spectral"`` the gradients are the inverse transforms of ``2 pi i fx G``
+    and ``2 pi i fy G``, for ``"difference"`` the central differences ``(x[D
+    + P] - x[D - P]) / 2`` and ``(x[D + 1] - x[D - 1]) / 2``. Built by applying
+    exactly these operations (``torch.fft.irfft2``, float64) to each of the
+    ``2 * P * (P // 2 + 1)`` real and imaginary unit spectra; cached per
+    ``(P, D, gradients, device)``.
+    """
+    if gradients not in ("spectral", "difference"):
+        raise ValueError(f"gradients must be 'spectral' or 'difference', got {gradients!r}")
+    key = (P, tuple(D.tolist()), gradients, str(device))
+    if key not in _SYNTHESIS:
+        F = P // 2 + 1
+        k = 2 * P * F
+        basis = torch.view_as_complex(
+            torch.eye(k, dtype=torch.float64).reshape(k, P, F, 2).contiguous()
+        )
+        fx, fy = patch_freqs(P, torch.float64, "cpu")
+        Dc = D.cpu()
+        if gradients == "spectral":
+            x = torch.fft.irfft2(
+                torch.stack(
+                    [basis, basis * (2j * math.pi * fx), basis * (2j * math.pi * fy)]
+                ),
+                s=(P, P),
+            ).flatten(-2)[..., Dc]  # (3, k, m)
+            cols = [x[0], x[1], x[2]]
+        else:
+            x = torch.fft.irfft2(basis, s=(P, P)).flatten(-2)  # (k, P * P)
+            cols = [
+                x[:, Dc],
+                0.5 * (x[:, Dc + P] - x[:, Dc - P]),
+                0.5 * (x[:, Dc + 1] - x[:, Dc - 1]),
+            ]
+        _SYNTHESIS[key] = torch.cat(cols, -1).to(device=device, dtype=torch.float32)
+    return _SYNTHESIS[key]
 
 
 def _shift_jacobian(p: torch.Tensor) -> torch.Tensor:

@@ -129,8 +129,8 @@ def test_refinement_is_not_pulled_back_to_its_start(monkeypatch, gradients):
 
 def test_refinement_stops_each_pattern_once_converged(monkeypatch):
     # per-pattern early stop: the same fixed point as running every
-    # iteration, with fewer inverse FFTs; realigned patches agree too
-    from py4dstem_ccstae import spotfit
+    # iteration, with fewer patterns compared; realigned patches agree too
+    from py4dstem_ccstae.spotpatch import BaseSpots
 
     S = 64
     g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
@@ -150,13 +150,13 @@ def test_refinement_stops_each_pattern_once_converged(monkeypatch):
     # converge sooner than others
     A0 = torch.tensor(A + 2e-3 * rng.standard_normal(A.shape) * np.arange(6)[:, None, None])
     calls = []
-    real = torch.fft.irfft2
+    real = BaseSpots.compared_with_gradients
 
-    def counting(x, *a, **k):
-        calls.append(x.shape[0])
-        return real(x, *a, **k)
+    def counting(self, G, *a, **k):
+        calls.append(G.shape[0])  # patterns compared in this iteration
+        return real(self, G, *a, **k)
 
-    monkeypatch.setattr(spotfit.torch.fft, "irfft2", counting)
+    monkeypatch.setattr(BaseSpots, "compared_with_gradients", counting)
     out = {}
     for tol in (0.0, 1e-4):
         calls.clear()
@@ -169,6 +169,37 @@ def test_refinement_stops_each_pattern_once_converged(monkeypatch):
     torch.testing.assert_close(out[1e-4]["A"], out[0.0]["A"], rtol=0, atol=1e-6)
     torch.testing.assert_close(out[1e-4]["error"], out[0.0]["error"], rtol=1e-3, atol=1e-9)
     torch.testing.assert_close(out[1e-4]["patches"], out[0.0]["patches"], rtol=0, atol=1e-4)
+
+
+def test_refinement_answer_does_not_depend_on_the_batch():
+    # starts far enough off that some patterns are re-centred: only those
+    # are refined again, so a pattern's answer is the same in any batch
+    S = 64
+    g = material_spots("Si", 1.2)["g"] / 0.5208 * 12.0
+    r = np.hypot(*g.T)
+    g = g[(r > 6) & (r < 28)]
+    rng = np.random.default_rng(4)
+    A = np.stack(
+        [
+            LatticeTransform.from_strain(
+                *rng.uniform(-0.02, 0.02, 3), rng.uniform(-0.1, 0.1)
+            ).params
+            for _ in range(12)
+        ]
+    )
+    X = torch.tensor(np.stack([_render(S, g, a, 1.5) for a in A]), dtype=torch.float32)
+    X = X + 0.05 * torch.randn(X.shape, generator=torch.Generator().manual_seed(0))
+    base = _render(S, g, np.eye(2), 1.5)
+    spots = spot_centres(base, np.round(g), 4.0)
+    P = base_patches(torch.tensor(base, dtype=torch.float32)[None, None], spots, 4.0)
+    A0 = torch.tensor(A + 0.015 * rng.standard_normal(A.shape))
+    whole = refine_spots(X, P, A0, spots, 4.0, batch_size=12)
+    assert whole["iterations"].max() > 6  # some patterns were re-centred
+    assert whole["iterations"].min() <= 6  # and some were not
+    for bs in (1, 5):
+        part = refine_spots(X, P, A0, spots, 4.0, batch_size=bs)
+        torch.testing.assert_close(part["A"], whole["A"], rtol=0, atol=1e-12)
+        assert part["iterations"].tolist() == whole["iterations"].tolist()
 
 
 def test_gather_patches_zero_outside_the_image():
