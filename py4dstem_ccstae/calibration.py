@@ -45,6 +45,11 @@ __all__ = [
 ]
 
 
+#: Largest ratio of the ellipse calibration's semi-axes accepted (an elliptic
+#: distortion of a detector is a few per cent; 2 is far beyond any real one).
+MAX_ELLIPSE_RATIO = 2.0
+
+
 def ellipse_matrix(a: float, b: float, theta: float) -> np.ndarray:
     """py4DSTEM's ellipse correction matrix for calibration ``(a, b, theta)``.
 
@@ -200,6 +205,15 @@ def checked_calibration(cal) -> tuple[float, str, tuple | None, float, bool]:
             raise ValueError(
                 "datacube calibration: the ellipse (a, b, theta) needs finite values "
                 f"and a, b > 0, got {ellipse}"
+            )
+        if max(a, b) > MAX_ELLIPSE_RATIO * min(a, b):
+            # a degenerate ellipse would make the resampling's sub-sampling
+            # (set by its shortest axis) absurdly fine
+            raise ValueError(
+                "datacube calibration: the ellipse's semi-axes a, b differ by a factor "
+                f"of {max(a, b) / min(a, b):.3g} (got {ellipse}); expected an elliptic "
+                f"distortion of a few per cent (a / b within 1 / {MAX_ELLIPSE_RATIO:g} to "
+                f"{MAX_ELLIPSE_RATIO:g}): fit the ellipse again"
             )
     rot = cal.get_QR_rotation()
     rot = 0.0 if rot is None else float(rot)

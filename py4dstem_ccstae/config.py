@@ -58,6 +58,7 @@ _NUMERIC = {
     "retries": (True, 0, False),
     "min_sensitivity": (False, 0.0, False),
     "spot_threshold": (False, 0.0, True),
+    "equivariance": (False, 0.0, False),
 }
 
 
@@ -82,7 +83,8 @@ class Options:
     ``mask_schedule``, ``coarse_sigma`` and ``coarse_epochs``
     (coarse-to-fine smoothing, model pixels and epochs), ``loss``,
     ``overshoot``, ``base_l1``, ``retries`` and ``min_sensitivity`` (the
-    lock-on check).
+    lock-on check), ``equivariance`` (weight of the training term that
+    asks the encoder to follow known warps of its input).
     """
 
     size: int = 64
@@ -112,6 +114,7 @@ class Options:
     base_l1: float = 0.0
     retries: int = 2
     min_sensitivity: float = 0.1
+    equivariance: float = 0.0
 
     def __post_init__(self) -> None:
         sym = self.symmetry

@@ -183,6 +183,7 @@ class CCSTAE(SavedModel):
             overshoot=float(self.config["overshoot"]),
             base_l1=float(self.config["base_l1"]),
             rotation_search=bool(self.config["rotation_search"]),
+            equivariance=float(self.config.get("equivariance", 0.0)),
         )
 
     # ---------------------------------------------------------------- fit

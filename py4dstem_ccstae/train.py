@@ -30,7 +30,7 @@ from .encoding import SENSITIVITY_PROBES, encode, encoder_sensitivity, searched_
 from .losses import cycle_losses, strain_hinge
 from .model import CCSTAENet
 from .spotfind import find_spots
-from .warp import gaussian_blur
+from .warp import gaussian_blur, warp
 
 __all__ = [
     "TrainConfig",
@@ -125,6 +125,10 @@ class TrainConfig:
         after every re-estimation of the bases: the bases are aligned means,
         not gradient-trained, so the penalty acts through its proximal
         operator. 0: off.
+    equivariance : float
+        Weight of the equivariance term (:func:`equivariance_loss`): every
+        training pattern is also warped by a random small transform ``T``
+        and the encoder is asked for ``T @ A(x)``. 0: off.
     """
 
     epochs: int = Options.epochs
@@ -146,6 +150,7 @@ class TrainConfig:
     overshoot: float = Options.overshoot
     base_l1: float = Options.base_l1
     rotation_search: bool = Options.rotation_search
+    equivariance: float = Options.equivariance
 
 
 def resolve_device(device: str) -> torch.device:
@@ -320,14 +325,69 @@ def _resume(
     )
 
 
+#: Half-range of each component of the random transforms of the
+#: equivariance term (rotation in rad, the two scales and the symmetric
+#: shear): twice the lock-on check's probe (``delta`` of
+#: :func:`~py4dstem_ccstae.encoding.encoder_sensitivity`).
+EQUIVARIANCE_DELTA = 0.02
+
+
+def random_transforms(count: int, gen: torch.Generator) -> torch.Tensor:
+    """``count`` random transforms ``T = R(phi) @ [[1 + a, s], [s, 1 + b]]`` (count, 2, 2).
+
+    ``phi`` (rad), ``a``, ``b``, ``s`` each uniform in
+    ``[-EQUIVARIANCE_DELTA, EQUIVARIANCE_DELTA]``; pixel ``(qx, qy)`` frame,
+    as the lattice transforms of :func:`~py4dstem_ccstae.warp.warp`.
+    """
+    u = torch.rand(count, 4, generator=gen, dtype=torch.float64)
+    u = (2.0 * u - 1.0) * EQUIVARIANCE_DELTA
+    c, s = torch.cos(u[:, 0]), torch.sin(u[:, 0])
+    R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    S = torch.stack(
+        [
+            torch.stack([1.0 + u[:, 1], u[:, 3]], -1),
+            torch.stack([u[:, 3], 1.0 + u[:, 2]], -1),
+        ],
+        -2,
+    )
+    return (R @ S).to(torch.float32)
+
+
+def equivariance_loss(
+    net: CCSTAENet, xb: torch.Tensor, A: torch.Tensor, T: torch.Tensor
+) -> torch.Tensor:
+    """Per-pattern ``|A(warp(x, T)) - T @ A(x)|^2 / EQUIVARIANCE_DELTA^2`` (B,).
+
+    ``xb`` (B, 1, S, S) patterns, ``A`` (B, 2, 2) the encoder's transforms of
+    them (base -> input), ``T`` (B, 2, 2) known transforms applied with
+    :func:`~py4dstem_ccstae.warp.warp` (features at ``c + g`` move to ``c +
+    T g``). A base -> input transform of the warped pattern is ``T @ A``:
+    the property that the lock-on check measures
+    (:func:`~py4dstem_ccstae.encoding.encoder_sensitivity`), trained
+    directly. An encoder whose output is the same for every pattern pays
+    about ``|(T - I) A|^2 / delta^2`` ~ 1 per pattern, whatever the data;
+    the reconstruction loss alone does not penalise that collapse enough
+    where the lattice's signal is weak against the background.
+    """
+    A1 = net(warp(xb, T.to(xb.device, xb.dtype)))["A"]
+    T = T.to(A.device, A.dtype)
+    return ((A1 - T @ A) ** 2).sum((-1, -2)) / EQUIVARIANCE_DELTA**2
+
+
 def _batch_losses(
-    net: CCSTAENet, xb: torch.Tensor, mask: torch.Tensor, sigma: float, config: TrainConfig
+    net: CCSTAENet,
+    xb: torch.Tensor,
+    mask: torch.Tensor,
+    sigma: float,
+    config: TrainConfig,
+    T: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Losses of one batch ``xb`` (B, 1, S, S), smoothed by ``sigma`` (model pixels).
 
-    Returns the reconstruction loss (forward + cycle + hinge, mean over the
-    batch), the per-pattern forward and cycle terms, and the class head's
-    cross-entropy (0 with one base).
+    Returns the training loss (forward + cycle + hinge, mean over the
+    batch, plus ``config.equivariance`` x :func:`equivariance_loss` under
+    the transforms ``T`` (B, 2, 2) when given), the per-pattern forward and
+    cycle terms, and the class head's cross-entropy (0 with one base).
     """
     out = net(xb)
     xs = gaussian_blur(xb, sigma)
@@ -356,6 +416,8 @@ def _batch_losses(
     )
     hinge = strain_hinge(out["strain"], config.hinge_limit)
     loss = (fwd + config.cycle_weight * cyc + config.hinge_weight * hinge).mean()
+    if T is not None and config.equivariance > 0:
+        loss = loss + config.equivariance * equivariance_loss(net, xb, out["A"], T).mean()
     return loss, fwd, cyc, class_loss
 
 
@@ -369,6 +431,7 @@ def _train_epoch(
     opt: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     epoch: int,
+    gen: torch.Generator | None = None,
 ) -> dict[str, float]:
     """Optimiser steps over the patterns ``X[perm]``, ``batch_size`` at a time.
 
@@ -384,8 +447,11 @@ def _train_epoch(
     for s in range(0, M, config.batch_size):
         idx = perm[s : s + config.batch_size]
         xb = X[idx].to(dev)[:, None]
+        T = None
+        if config.equivariance > 0 and gen is not None:
+            T = random_transforms(xb.shape[0], gen)  # drawn only when used
         with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-            loss, fwd, cyc, class_loss = _batch_losses(net, xb, mask, sigma, config)
+            loss, fwd, cyc, class_loss = _batch_losses(net, xb, mask, sigma, config, T)
         if not math.isfinite(float(loss.detach())):
             # a NaN step would silently turn every weight into NaN
             raise RuntimeError(
@@ -558,7 +624,7 @@ def fit_network(
         t0 = time.perf_counter()
         perm = torch.randperm(N, generator=gen)[: min(N, config.epoch_size)]
         sigma = coarse_sigma(config, epoch)
-        means = _train_epoch(net, X, perm, run.mask, sigma, config, opt, scaler, epoch)
+        means = _train_epoch(net, X, perm, run.mask, sigma, config, opt, scaler, epoch, gen)
         _refresh_bases(net, X[perm], run.mask, config)
         rec = {
             "epoch": epoch,

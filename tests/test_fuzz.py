@@ -81,6 +81,10 @@ OPTIONS = {
     "lr": (st.floats(1e-4, 1e-2), bad),
     "retries": (st.sampled_from([0, 1]), st.just(-1)),
     "min_sensitivity": (st.floats(0.0, 1.0), st.sampled_from([-0.5, "high"])),
+    "equivariance": (
+        st.sampled_from([0.0, 1e-3, 0.1]),
+        st.sampled_from([-1e-3, math.inf, "on"]),
+    ),
 }
 
 

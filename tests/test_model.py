@@ -916,3 +916,40 @@ def test_prepared_inputs_give_the_same_fit_and_map_reading_the_data_once(
     np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
     # after fit, prepare gives the fitted geometry
     assert model.prepare(dc).q_max == pytest.approx(model.fitted_["q_max"])
+
+
+def test_equivariance_term_charges_a_collapsed_encoder_and_is_off_by_default():
+    from py4dstem_ccstae.model import CCSTAENet
+    from py4dstem_ccstae.train import (
+        EQUIVARIANCE_DELTA,
+        TrainConfig,
+        _batch_losses,
+        equivariance_loss,
+        random_transforms,
+    )
+
+    T = random_transforms(64, torch.Generator().manual_seed(0))
+    again = random_transforms(64, torch.Generator().manual_seed(0))
+    assert torch.equal(T, again)  # seeded
+    eye = torch.eye(2)
+    assert float((T - eye).abs().max()) < 2.5 * EQUIVARIANCE_DELTA
+    assert float((T - eye).abs().max()) > 0.5 * EQUIVARIANCE_DELTA
+    torch.manual_seed(0)
+    net = CCSTAENet(32, symmetry=4)
+    xb = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    Tb = T[:8]
+    # an encoder whose output ignores its input pays ~|(T - I) A|^2 / delta^2
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()  # every pattern the same transform: the identity
+        A0 = net(xb)["A"]
+        collapsed = equivariance_loss(net, xb, A0, Tb)
+    expected = ((Tb @ A0 - A0) ** 2).sum((-1, -2)) / EQUIVARIANCE_DELTA**2
+    torch.testing.assert_close(collapsed, expected)
+    assert float(collapsed.mean()) > 0.3
+    # the option adds the term only when its weight is > 0
+    mask = torch.ones(32, 32)
+    off = _batch_losses(net, xb, mask, 0.0, TrainConfig(), Tb)[0]
+    on = _batch_losses(net, xb, mask, 0.0, TrainConfig(equivariance=0.5), Tb)[0]
+    torch.testing.assert_close(on - off, 0.5 * collapsed.mean(), rtol=1e-4, atol=1e-6)
+    assert TrainConfig().equivariance == 0.0
