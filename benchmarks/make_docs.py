@@ -67,6 +67,7 @@ def render() -> str:
         "refinement",
         "refinement_dynamical",
         "training_options",
+        "equivariance",
         "phases",
         "multislice",
         "multislice_crlb",
