@@ -17,6 +17,7 @@ Run from the repository root::
 
     python benchmarks/equivariance.py --rows CASE:LEVEL [CASE:LEVEL ...]
                                       [--weight 1e-3] [--out DIR]
+                                      [--baseline-from RESULT.json ...]
     python benchmarks/equivariance.py --merge A.json B.json [--out DIR]
 
 (``--merge``: runs made side by side on parts of the rows, or with other
@@ -79,6 +80,11 @@ def markdown(result: dict) -> str:
             f"Rows from a run beside it: `{r['command']}`; {r['date']}; git {r['git']}.\n"
             for r in result.get("other_runs", [])
         ],
+        *[
+            f"Term-off fits reused from `{f}` where that file has the row "
+            "(same code path and seed).\n"
+            for f in result.get("baseline_from", [])
+        ],
         "Each row: the same scan fitted twice (seed 0), without the term "
         "(`equivariance=0`, the default) and with the "
         "term at the row's weight; attempts: the lock-on "
@@ -118,6 +124,13 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="+", help="result JSON files of runs to merge")
     ap.add_argument("--weight", type=float, default=1e-3, help="equivariance weight (1e-3)")
     ap.add_argument("--out", default="docs/benchmark_results")
+    ap.add_argument(
+        "--baseline-from",
+        nargs="+",
+        default=[],
+        help="result JSON files whose term-off fits of the same case and level are "
+        "reused instead of fitted again (same code and seed)",
+    )
     args = ap.parse_args(argv)
     from _meta import run_meta, write
 
@@ -141,9 +154,16 @@ def main(argv=None) -> int:
             ap.error(f"--rows: expected CASE:LEVEL, got {spec!r}")
 
     result = {**run_meta("equivariance.py", argv), "weight": args.weight, "pairs": []}
+    reused = {}
+    for f in args.baseline_from:
+        for d, _ in json.loads(Path(f).read_text())["pairs"]:
+            reused[(d["case"], float(d["noise"]))] = {**d, "reused_from": f}
+    if reused:
+        result["baseline_from"] = list(args.baseline_from)
     for name, level in todo:
         off, on = {"equivariance": 0.0}, {"equivariance": args.weight}
-        pair = [fit_row(name, level, off), fit_row(name, level, on)]
+        base = reused.get((name, level)) or fit_row(name, level, off)
+        pair = [base, fit_row(name, level, on)]
         print(json.dumps(pair), flush=True)
         result["pairs"].append(pair)
         write(Path(args.out), "equivariance", result, markdown(result))
