@@ -81,9 +81,11 @@ def markdown(result: dict) -> str:
             for r in result.get("other_runs", [])
         ],
         *[
-            f"Term-off fits reused from `{f}` where that file has the row "
-            "(same code path and seed).\n"
-            for f in result.get("baseline_from", [])
+            f"Term-off fits reused from `{f}` (`--baseline-from`: same code path "
+            "and seed) in the rows of the runs that name it.\n"
+            for f in dict.fromkeys(
+                d["reused_from"] for d, _ in result["pairs"] if "reused_from" in d
+            )
         ],
         "Each row: the same scan fitted twice (seed 0), without the term "
         "(`equivariance=0`, the default) and with the "
@@ -136,7 +138,9 @@ def main(argv=None) -> int:
 
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        # the weight and the reuse are per row (pairs), not per merged result
         result = {**parts[0], "other_runs": []}
+        result.pop("weight", None)
         for part in parts[1:]:
             result["pairs"] += part["pairs"]
             result["other_runs"].append({k: part[k] for k in ("command", "date", "git")})
@@ -158,8 +162,6 @@ def main(argv=None) -> int:
     for f in args.baseline_from:
         for d, _ in json.loads(Path(f).read_text())["pairs"]:
             reused[(d["case"], float(d["noise"]))] = {**d, "reused_from": f}
-    if reused:
-        result["baseline_from"] = list(args.baseline_from)
     for name, level in todo:
         off, on = {"equivariance": 0.0}, {"equivariance": args.weight}
         base = reused.get((name, level)) or fit_row(name, level, off)
