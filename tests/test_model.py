@@ -949,7 +949,53 @@ def test_equivariance_term_charges_a_collapsed_encoder_and_is_off_by_default():
     assert float(collapsed.mean()) > 0.3
     # the option adds the term only when its weight is > 0
     mask = torch.ones(32, 32)
-    off = _batch_losses(net, xb, mask, 0.0, TrainConfig(), Tb)[0]
-    on = _batch_losses(net, xb, mask, 0.0, TrainConfig(equivariance=0.5), Tb)[0]
-    torch.testing.assert_close(on - off, 0.5 * collapsed.mean(), rtol=1e-4, atol=1e-6)
+    off = _batch_losses(net, xb, mask, 0.0, TrainConfig(equivariance=0.0), Tb)
+    on = _batch_losses(net, xb, mask, 0.0, TrainConfig(equivariance=0.5), Tb)
+    assert float(off[4]) == 0.0
+    torch.testing.assert_close(on[4], collapsed.mean(), rtol=1e-4, atol=1e-6)
+    # the reconstruction loss (what the plateau stop watches) is the same
+    torch.testing.assert_close(on[0], off[0])
     assert TrainConfig().equivariance == 0.0
+
+
+def test_equivariance_weight_is_constant_or_falls_after_the_coarse_phase(monkeypatch):
+    import py4dstem_ccstae.train as train
+    from py4dstem_ccstae.train import TrainConfig, equivariance_weight
+
+    c = TrainConfig(epochs=30, coarse_epochs=6, equivariance=0.1)
+    assert train.EQUIVARIANCE_SCHEDULE == "constant"
+    assert [equivariance_weight(c, e) for e in range(30)] == [0.1] * 30
+    monkeypatch.setattr(train, "EQUIVARIANCE_SCHEDULE", "decay")
+    w = [equivariance_weight(c, e) for e in range(30)]
+    assert w[:7] == [0.1] * 7  # through the coarse phase (and its last epoch)
+    assert w[9] == pytest.approx(0.05)  # halfway down
+    assert all(v == 0.0 for v in w[12:])
+    assert w == sorted(w, reverse=True)
+    # short fits: the phase is at most half the epochs
+    short = TrainConfig(epochs=6, coarse_epochs=6, equivariance=0.1)
+    assert [equivariance_weight(short, e) for e in range(6)] == pytest.approx(
+        [0.1, 0.1, 0.1, 0.1, 0.1 * 2 / 3, 0.1 / 3]
+    )
+    assert equivariance_weight(TrainConfig(equivariance=0.0), 0) == 0.0
+
+
+def test_an_empty_base_takes_the_worst_fitted_patterns():
+    from py4dstem_ccstae.model import CCSTAENet
+    from py4dstem_ccstae.train import TrainConfig, reseed_empty_bases
+
+    torch.manual_seed(0)
+    net = CCSTAENet(32, symmetry=4, num_bases=2)
+    X = torch.zeros(40, 32, 32)
+    X[30:] = 1.0  # ten patterns far from base 0 (zeros)
+    with torch.no_grad():
+        net.bases.zero_()
+    A = torch.eye(2).expand(40, 2, 2).clone()
+    mask = torch.ones(32, 32)
+    cls = torch.zeros(40, dtype=torch.long)  # base 1 is empty
+    out = reseed_empty_bases(net, X, A, cls, mask, TrainConfig())
+    assert torch.equal(cls, torch.zeros(40, dtype=torch.long))  # input unchanged
+    assert set(torch.nonzero(out == 1).ravel().tolist()) <= set(range(30, 40))
+    assert int((out == 1).sum()) == 8  # at least 8 (3 % of 40 is 1)
+    # no empty base: the classes as they were
+    full = torch.arange(40) % 2
+    assert torch.equal(reseed_empty_bases(net, X, A, full, mask, TrainConfig()), full)
