@@ -165,19 +165,19 @@ def resolve_device(device: str) -> torch.device:
 
 
 @torch.no_grad()
-def best_bases(
+def base_costs(
     x: torch.Tensor,
     bases: torch.Tensor,
     A: torch.Tensor,
     mask: torch.Tensor,
     config: TrainConfig,
 ) -> torch.Tensor:
-    """Index of the base that reconstructs each pattern best, (B,) long.
+    """Training loss of every pattern against every base, (B, K).
 
-    The training loss (forward + ``cycle_weight`` x cycle, the configured
-    per-pixel loss) of every pattern ``x`` (B, 1, S, S) against every base
-    ``bases`` (K, 1, S, S), each warped by the pattern's own transform ``A``
-    (B, 2, 2, base -> input, pixels); ties go to the lower index.
+    The loss (forward + ``cycle_weight`` x cycle, the configured per-pixel
+    loss) of each pattern ``x`` (B, 1, S, S) against each base ``bases``
+    (K, 1, S, S), the base warped by the pattern's own transform ``A``
+    (B, 2, 2, base -> input, pixels).
     """
     costs = []
     for k in range(bases.shape[0]):
@@ -190,7 +190,40 @@ def best_bases(
             overshoot=config.overshoot,
         )
         costs.append(fwd + config.cycle_weight * cyc)
-    return torch.stack(costs, -1).argmin(-1)
+    return torch.stack(costs, -1)
+
+
+def best_bases(
+    x: torch.Tensor,
+    bases: torch.Tensor,
+    A: torch.Tensor,
+    mask: torch.Tensor,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """Index of the base that reconstructs each pattern best, (B,) long.
+
+    The argmin of :func:`base_costs` (ties go to the lower index).
+    """
+    return base_costs(x, bases, A, mask, config).argmin(-1)
+
+
+@torch.no_grad()
+def all_base_costs(
+    net: CCSTAENet,
+    X: torch.Tensor,
+    A: torch.Tensor,
+    mask: torch.Tensor,
+    config: TrainConfig,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """:func:`base_costs` of patterns ``X`` (N, S, S) in batches, (N, K) on CPU."""
+    dev = net.bases.device
+    out = []
+    for s in range(0, X.shape[0], batch_size):
+        xb = X[s : s + batch_size].to(dev)[:, None]
+        ab = A[s : s + batch_size].to(dev, xb.dtype)
+        out.append(base_costs(xb, net.bases, ab, mask.to(dev), config).cpu())
+    return torch.cat(out) if out else torch.zeros(0, net.num_bases)
 
 
 @torch.no_grad()
@@ -217,22 +250,9 @@ def reseed_empty_bases(
     empty = [k for k in range(K) if counts[k] == 0]
     if not empty or X.shape[0] < 2 * K:
         return cls
-    dev = net.bases.device
-    cost = []
-    for s in range(0, X.shape[0], 256):
-        xb = X[s : s + 256].to(dev)[:, None]
-        ab = A[s : s + 256].to(dev, xb.dtype)
-        best = cls[s : s + 256].to(dev)
-        fwd, cyc, _ = cycle_losses(
-            xb,
-            net.bases[best],
-            ab,
-            mask.to(dev),
-            loss=config.loss,
-            overshoot=config.overshoot,
-        )
-        cost.append((fwd + config.cycle_weight * cyc).cpu())
-    order = torch.argsort(torch.cat(cost), descending=True)
+    costs = all_base_costs(net, X, A, mask, config)
+    cost = costs.gather(1, cls[:, None].to(torch.long)).squeeze(1)
+    order = torch.argsort(cost, descending=True)
     n = min(max(8, int(share * X.shape[0])), X.shape[0] // K)
     out = cls.clone()
     for i, k in enumerate(empty):
@@ -250,13 +270,8 @@ def assign_bases(
     batch_size: int = 256,
 ) -> torch.Tensor:
     """:func:`best_bases` of patterns ``X`` (N, S, S) in batches, (N,) long on CPU."""
-    dev = net.bases.device
-    out = []
-    for s in range(0, X.shape[0], batch_size):
-        xb = X[s : s + batch_size].to(dev)[:, None]
-        ab = A[s : s + batch_size].to(dev, xb.dtype)
-        out.append(best_bases(xb, net.bases, ab, mask.to(dev), config).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    costs = all_base_costs(net, X, A, mask, config, batch_size)
+    return costs.argmin(-1) if len(costs) else torch.zeros(0, dtype=torch.long)
 
 
 def pattern_classes(
@@ -451,7 +466,7 @@ def _batch_losses(
     sigma: float,
     config: TrainConfig,
     T: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Losses of one batch ``xb`` (B, 1, S, S), smoothed by ``sigma`` (model pixels).
 
     Returns the reconstruction loss (forward + cycle + hinge, mean over the
@@ -509,8 +524,8 @@ def _train_epoch(
     """Optimiser steps over the patterns ``X[perm]``, ``batch_size`` at a time.
 
     Returns the epoch's means over the patterns: ``loss`` (reconstruction),
-    ``forward``, ``cycle``, ``class_loss`` and ``equivariance`` (the term's
-    unweighted value, 0 when off). Raises RuntimeError on a non-finite loss.
+    ``forward``, ``cycle``, ``class_loss`` and, while the term is on,
+    ``equivariance`` (its unweighted value). Raises RuntimeError on a non-finite loss.
     """
     dev = next(net.parameters()).device
     amp = dev.type == "cuda"
@@ -549,13 +564,15 @@ def _train_epoch(
         cyc_tot += float(cyc.detach().mean()) * n
         cls_tot += float(class_loss.detach()) * n
         equi_tot += float(equi.detach()) * n
-    return {
+    means = {
         "loss": tot / M,
         "forward": fwd_tot / M,
         "cycle": cyc_tot / M,
         "class_loss": cls_tot / M,
-        "equivariance": equi_tot / M,
     }
+    if weight > 0:
+        means["equivariance"] = equi_tot / M
+    return means
 
 
 def _refresh_bases(
@@ -566,8 +583,7 @@ def _refresh_bases(
     Each base becomes the aligned mean of the patterns assigned to it
     (:func:`update_bases`, classes by :func:`pattern_classes`; a base that
     no pattern chose takes the worst-fitted ones, :func:`reseed_empty_bases`),
-    under the
-    encoder's transforms corrected by the rotation search
+    under the encoder's transforms corrected by the rotation search
     (``config.rotation_search``); with ``base_l1 > 0`` its proximal step
     (soft threshold) follows.
     """
@@ -721,7 +737,7 @@ def fit_network(
         }
         if net.num_bases > 1:
             rec["class_loss"] = means["class_loss"]
-        if equivariance_weight(config, epoch) > 0:
+        if "equivariance" in means:
             rec["equivariance"] = means["equivariance"]
         if sigma > 0:
             rec["sigma"] = sigma
