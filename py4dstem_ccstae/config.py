@@ -114,7 +114,7 @@ class Options:
     base_l1: float = 0.0
     retries: int = 2
     min_sensitivity: float = 0.1
-    equivariance: float = 0.0
+    equivariance: float = 0.1
 
     def __post_init__(self) -> None:
         sym = self.symmetry

@@ -11,7 +11,7 @@ from py4dstem_ccstae.model import compose_A
 from py4dstem_ccstae.simulate import material_spots, polycrystal
 from py4dstem_ccstae.spotfit import base_patches, refine_spots, spot_centres
 
-FAST = dict(size=48, epochs=6, batch_size=32, refine_steps=6)
+FAST = dict(size=48, epochs=9, batch_size=32, refine_steps=6)
 
 
 @pytest.fixture(scope="module")
@@ -575,13 +575,13 @@ def test_encoder_sensitivity_separates_trained_from_collapsed(data, fitted):
     assert all(v == 0.0 for v in flat.values())
     # the trained encoder follows known warps of its input
     sens = encoder_sensitivity(fitted.net, X)
-    assert sens["rotation"] > 0.3 and sens["mean"] > 0.1
+    assert sens["mean"] > 0.3 and all(sens[p] > 0.05 for p in SENSITIVITY_PROBES)
     attempts = fitted.fitted_["attempts"]
     assert fitted.fitted_["encoder_sensitivity"] == attempts[-1]["sensitivity"]
     assert attempts[-1]["sensitivity"]["mean"] > 0.1
     assert attempts[-1]["epochs"] == len(fitted.history_)
-    # (this 6-epoch run locks on at seed 1000, not at seed 0: short runs are
-    # where the check matters most)
+    # (with the equivariance term on, its default, this 9-epoch run locks on
+    # at the first seed; without it, it needed the retry at seed 1000)
     assert [a["seed"] for a in attempts] == [1000 * k for k in range(len(attempts))]
     assert all(a["sensitivity"]["mean"] < 0.1 for a in attempts[:-1])
 
@@ -918,7 +918,7 @@ def test_prepared_inputs_give_the_same_fit_and_map_reading_the_data_once(
     assert model.prepare(dc).q_max == pytest.approx(model.fitted_["q_max"])
 
 
-def test_equivariance_term_charges_a_collapsed_encoder_and_is_off_by_default():
+def test_equivariance_term_charges_a_collapsed_encoder_and_is_on_by_default():
     from py4dstem_ccstae.model import CCSTAENet
     from py4dstem_ccstae.train import (
         EQUIVARIANCE_DELTA,
@@ -955,7 +955,7 @@ def test_equivariance_term_charges_a_collapsed_encoder_and_is_off_by_default():
     torch.testing.assert_close(on[4], collapsed.mean(), rtol=1e-4, atol=1e-6)
     # the reconstruction loss (what the plateau stop watches) is the same
     torch.testing.assert_close(on[0], off[0])
-    assert TrainConfig().equivariance == 0.0
+    assert TrainConfig().equivariance == 0.1
 
 
 def test_equivariance_weight_is_constant_or_falls_after_the_coarse_phase(monkeypatch):
