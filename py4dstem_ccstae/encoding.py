@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from .model import CCSTAENet
+from .model import CCSTAENet, nearest_equivalent
 from .rotsearch import rotation_search
 from .warp import warp
 
@@ -80,7 +80,10 @@ def encoder_sensitivity(
 
     ``s = sum <A(warp(x, T)) - A(x), T A(x) - A(x)> / sum |T A(x) - A(x)|^2``
 
-    over all patterns: 1 follows the warp exactly, 0 ignores it. An encoder
+    over all patterns (``A(warp(x, T))`` taken as its symmetry-equivalent
+    nearest ``T A(x)``, :func:`~py4dstem_ccstae.model.nearest_equivalent`,
+    so a pattern whose rotation crosses the wrap at ``+-pi/n`` counts as
+    following the warp): 1 follows the warp exactly, 0 ignores it. An encoder
     that never locked on (its features constant over the scan, its output
     the scan's mean transform) scores ~0 on every probe, whereas one that
     works scores well above it even on a crystal with no strain at all
@@ -101,6 +104,8 @@ def encoder_sensitivity(
             xb = X[s : s + batch_size].to(dev, torch.float32)[:, None]
             warped.append(warp(xb, T.to(dev).expand(xb.shape[0], 2, 2))[:, 0].cpu())
         A1 = encode(net, torch.cat(warped), batch_size)["A"]
+        # a pattern near the wrap of phi (+-pi/n) may come back rotated by 2 pi/n
+        A1 = nearest_equivalent(A1, T @ A0, net.symmetry)
         expected = T @ A0 - A0
         num = float(((A1 - A0) * expected).sum())
         den = float((expected * expected).sum())

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["CCSTAENet", "compose_A"]
+__all__ = ["CCSTAENet", "compose_A", "nearest_equivalent"]
 
 
 def compose_A(strain: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,36 @@ def compose_A(strain: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     c, s = torch.cos(phi), torch.sin(phi)
     Q = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
     return P @ Q
+
+
+def nearest_equivalent(
+    A: torch.Tensor, target: torch.Tensor, symmetry: int
+) -> torch.Tensor:
+    """The symmetry-equivalent of ``A`` closest to ``target`` (B, 2, 2 each).
+
+    For a base of n-fold symmetry (``symmetry`` = n) the transforms ``A`` and
+    ``A @ R(2 pi k / n)`` map it onto the same pattern (``R``: rotation;
+    rotating the base by its own symmetry first changes nothing). The
+    encoder's ``phi`` is wrapped into ``(-pi/n, pi/n]``, so a pattern whose
+    rotation sits near the wrap and a slightly rotated copy of it get
+    transforms that differ by ``R(2 pi / n)`` although they are neighbours.
+    Returns ``A @ R(2 pi k / n)`` with ``k`` in ``{-1, 0, 1}`` minimising
+    the Frobenius distance to ``target``, per pattern (enough for targets
+    within a fraction of ``pi / n`` of ``A``; for n = 2 the candidates are
+    ``A`` and ``-A``); ``A`` itself for n = 1, whose ``phi`` does not wrap.
+    Differentiable in ``A`` (the choice of ``k`` is not).
+    """
+    if symmetry <= 1:
+        return A
+    ang = torch.tensor([-1.0, 0.0, 1.0], dtype=A.dtype, device=A.device) * (
+        2.0 * torch.pi / symmetry
+    )
+    c, s = torch.cos(ang), torch.sin(ang)
+    R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # (3, 2, 2)
+    cand = A[:, None] @ R[None]  # (B, 3, 2, 2)
+    dist = ((cand - target[:, None]) ** 2).sum((-1, -2))
+    k = dist.argmin(1).detach()
+    return cand[torch.arange(A.shape[0], device=A.device), k]
 
 
 class _Block(nn.Module):

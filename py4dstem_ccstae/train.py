@@ -28,7 +28,7 @@ from .bases import init_bases, update_bases
 from .config import Options
 from .encoding import SENSITIVITY_PROBES, encode, encoder_sensitivity, searched_transforms
 from .losses import cycle_losses, strain_hinge
-from .model import CCSTAENet
+from .model import CCSTAENet, nearest_equivalent
 from .spotfind import find_spots
 from .warp import gaussian_blur, warp
 
@@ -453,10 +453,19 @@ def equivariance_loss(
     about ``|(T - I) A|^2 / delta^2`` ~ 1 per pattern, whatever the data;
     the reconstruction loss alone does not penalise that collapse enough
     where the lattice's signal is weak against the background.
+    ``A(warp(x, T))`` is compared as its symmetry-equivalent nearest ``T @
+    A`` (:func:`~py4dstem_ccstae.model.nearest_equivalent`): the encoder's
+    rotation wraps at ``+-pi/n``, and without this a pattern near the wrap
+    paid ~``|R(2 pi/n) - I|^2 / delta^2`` (~1e4 for n = 4) for following the
+    warp, more than a collapsed encoder pays; on scans whose grains take
+    every orientation the term then drove the encoder to collapse.
     """
-    A1 = net(warp(xb, T.to(xb.device, xb.dtype)))["A"]
     T = T.to(A.device, A.dtype)
-    return ((A1 - T @ A) ** 2).sum((-1, -2)) / EQUIVARIANCE_DELTA**2
+    target = T @ A
+    A1 = net(warp(xb, T.to(xb.device, xb.dtype)))["A"]
+    # phi wraps at +-pi/n: compare with the equivalent transform nearest the target
+    A1 = nearest_equivalent(A1, target, net.symmetry)
+    return ((A1 - target) ** 2).sum((-1, -2)) / EQUIVARIANCE_DELTA**2
 
 
 def _batch_losses(

@@ -918,6 +918,64 @@ def test_prepared_inputs_give_the_same_fit_and_map_reading_the_data_once(
     assert model.prepare(dc).q_max == pytest.approx(model.fitted_["q_max"])
 
 
+@pytest.mark.parametrize("n", [2, 4, 6])
+def test_nearest_equivalent_undoes_the_wrap_of_the_encoders_rotation(n):
+    from py4dstem_ccstae.model import nearest_equivalent
+
+    strain = torch.tensor([[0.01, -0.02, 0.005]], dtype=torch.float64)
+    half = torch.pi / n
+    # a pattern just inside the wrap, rotated by 0.01 rad across it: the
+    # encoder's phi (wrapped into (-pi/n, pi/n]) jumps by 2 pi / n
+    A = compose_A(strain, torch.tensor([half - 0.004], dtype=torch.float64))
+    c, s = np.cos(0.01), np.sin(0.01)
+    T = torch.tensor([[[c, -s], [s, c]]], dtype=torch.float64)
+    w = -2 * half  # the encoder's phi jumps from pi/n + e to -pi/n + e
+    Rw = torch.tensor(
+        [[[np.cos(w), -np.sin(w)], [np.sin(w), np.cos(w)]]], dtype=torch.float64
+    )
+    wrapped = T @ A @ Rw
+    assert float(((wrapped - T @ A) ** 2).sum()) > 0.5
+    torch.testing.assert_close(nearest_equivalent(wrapped, T @ A, n), T @ A)
+    # no wrap: A itself, bit for bit (fits without rotations near the wrap
+    # are unchanged by it)
+    inside = compose_A(strain, torch.tensor([0.3 * half], dtype=torch.float64))
+    assert torch.equal(nearest_equivalent(inside, T @ inside, n), inside)
+    # one-fold: phi does not wrap, nothing to undo
+    assert torch.equal(nearest_equivalent(wrapped, T @ A, 1), wrapped)
+
+
+def test_equivariance_term_is_small_for_an_encoder_that_follows_warps_across_the_wrap():
+    from py4dstem_ccstae.model import CCSTAENet, compose_A
+    from py4dstem_ccstae.train import equivariance_loss
+
+    class Rotating(CCSTAENet):
+        """Reads each pattern's rotation from the centroid of its one spot (4-fold)."""
+
+        def forward(self, x):
+            S = x.shape[-1]
+            g = torch.arange(S, dtype=x.dtype) - (S - 1) / 2
+            w = x[:, 0] / x[:, 0].sum((-1, -2), keepdim=True)
+            gx = (w.sum(-1) * g).sum(-1)  # centroid along axis -2 (qx)
+            gy = (w.sum(-2) * g).sum(-1)
+            phi = torch.atan2(gy, gx)
+            phi = torch.remainder(phi + torch.pi / 4, torch.pi / 2) - torch.pi / 4
+            return {"A": compose_A(torch.zeros(x.shape[0], 3, dtype=x.dtype), phi)}
+
+    net = Rotating(32, symmetry=4)
+    x = torch.zeros(1, 1, 32, 32)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    # one bright spot 12 px from the centre at 44.5 deg: the +0.02 rad warp
+    # below carries it across the encoder's wrap at 45 deg
+    ang = np.radians(44.5)
+    cx, cy = 15.5 + 12 * np.cos(ang), 15.5 + 12 * np.sin(ang)
+    x[0, 0] = torch.exp(-((yy - cx) ** 2 + (xx - cy) ** 2) / 2.0)
+    c, s = np.cos(0.02), np.sin(0.02)
+    T = torch.tensor([[[c, -s], [s, c]]], dtype=torch.float32)
+    A = net(x)["A"]
+    loss = equivariance_loss(net, x, A, T)
+    assert float(loss) < 0.1  # without the symmetry-aware comparison: ~1e4
+
+
 def test_equivariance_term_charges_a_collapsed_encoder_and_is_on_by_default():
     from py4dstem_ccstae.model import CCSTAENet
     from py4dstem_ccstae.train import (

@@ -1,0 +1,174 @@
+"""Two runs of one sweep side by side: the CC-ST-AE rows of NEW against OLD.
+
+Run from the repository root::
+
+    python benchmarks/compare_sweeps.py OLD.json NEW.json --out DIR [--stem NAME]
+
+``OLD.json`` and ``NEW.json`` are results of the same sweep script
+(``py4dstem-ccstae benchmark``'s ``benchmark.json`` or
+``benchmarks/multislice.py``'s ``multislice.json``) made with different code
+or defaults. Rows are matched on (case, noise, method); only the CC-ST-AE
+methods are compared (py4DSTEM's rows are the same program on the same data).
+For every matched row the table gives each MAE component of both runs, the
+ratio NEW/OLD, the training attempts of both runs and, where the rows carry
+one, the ratio of the mean strain MAE to py4DSTEM's in each run. A component
+is flagged when NEW is more than ``--tolerance`` (default 5 %) worse than
+OLD *and* worse by more than ``--floor`` in absolute terms (default 1e-5,
+theta 1e-3 deg): the floor keeps sub-1e-5 differences on clean data from
+reading as regressions of many percent.
+
+Writes ``DIR/NAME.json`` and ``DIR/NAME.md`` (NAME: ``--stem``, default
+``compare_sweeps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _meta import run_meta, write  # noqa: E402
+
+STRAIN = ("mae_e_xx", "mae_e_yy", "mae_e_xy")
+
+
+def theta_key(row: dict) -> str:
+    """The theta MAE key of a row.
+
+    ``benchmark.json`` rows carry ``mae_theta_deg`` (degrees);
+    ``multislice.json`` rows carry ``mae_theta`` (radians).
+    """
+    return "mae_theta_deg" if "mae_theta_deg" in row else "mae_theta"
+
+
+def attempts_of(row: dict) -> int | None:
+    a = row.get("attempts")
+    return None if a is None else int(a)
+
+
+def mean_strain(row: dict) -> float:
+    return sum(float(row[k]) for k in STRAIN) / 3.0
+
+
+def compare(old: dict, new: dict, tolerance: float, floor: float) -> dict:
+    """Matched CC-ST-AE rows of ``new`` against ``old`` with ratios and flags."""
+
+    def key(r):
+        return (r["case"], float(r["noise"]), r["method"])
+
+    old_rows = {key(r): r for r in old["rows"] if not r.get("error")}
+    base = {
+        (r["case"], float(r["noise"])): r for r in new["rows"] if r["method"] == "py4DSTEM"
+    }
+    base_old = {
+        (r["case"], float(r["noise"])): r for r in old["rows"] if r["method"] == "py4DSTEM"
+    }
+    rows, unmatched = [], []
+    for r in new["rows"]:
+        if not r["method"].startswith("CC-ST-AE") or r.get("error"):
+            continue
+        o = old_rows.get(key(r))
+        if o is None:
+            unmatched.append(list(key(r)))
+            continue
+        tk = theta_key(r)
+        out = {"case": r["case"], "noise": float(r["noise"]), "method": r["method"]}
+        worse = []
+        for k in (*STRAIN, tk):
+            a, b = float(o[k]), float(r[k])
+            out[f"old_{k}"], out[f"new_{k}"] = a, b
+            out[f"ratio_{k}"] = b / a if a > 0 else None
+            fl = floor if k in STRAIN else (1e-3 if k == "mae_theta_deg" else 1.745e-5)
+            if b > a * (1 + tolerance) and b - a > fl:
+                worse.append(k)
+        out["worse"] = worse
+        out["old_attempts"], out["new_attempts"] = attempts_of(o), attempts_of(r)
+        for tag, rr, bb in (("old", o, base_old), ("new", r, base)):
+            p = bb.get((r["case"], float(r["noise"])))
+            out[f"{tag}_vs_py4dstem"] = (
+                mean_strain(rr) / mean_strain(p)
+                if p is not None and not p.get("error")
+                else None
+            )
+        rows.append(out)
+    n = len(rows)
+    first_new = sum(1 for r in rows if r["new_attempts"] == 1)
+    first_old = sum(1 for r in rows if r["old_attempts"] == 1)
+    return {
+        "tolerance": tolerance,
+        "floor": floor,
+        "old": {k: old.get(k) for k in ("command", "date", "git", "meta") if k in old},
+        "new": {k: new.get(k) for k in ("command", "date", "git", "meta") if k in new},
+        "rows": rows,
+        "unmatched": unmatched,
+        "first_attempt_old": [first_old, n],
+        "first_attempt_new": [first_new, n],
+        "flagged": [
+            [r["case"], r["noise"], r["method"], r["worse"]] for r in rows if r["worse"]
+        ],
+    }
+
+
+def _fmt(x, scale=1e3, digits=2):
+    return "-" if x is None else f"{scale * x:.{digits}f}"
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        "| case | noise % | method | old e_xx / e_yy / e_xy (x1e-3) | new | new/old "
+        "| theta old / new | attempts old / new | vs py4DSTEM old / new | worse |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        tk = "mae_theta_deg" if "old_mae_theta_deg" in r else "mae_theta"
+        ts = 1.0 if tk == "mae_theta_deg" else 57.29577951308232
+        ratios = " / ".join(_fmt(r[f"ratio_{k}"], 1, 2) for k in STRAIN)
+        lines.append(
+            f"| {r['case']} | {r['noise']:g} | {r['method']} "
+            f"| {' / '.join(_fmt(r[f'old_{k}']) for k in STRAIN)} "
+            f"| {' / '.join(_fmt(r[f'new_{k}']) for k in STRAIN)} | {ratios} "
+            f"| {_fmt(r[f'old_{tk}'], ts, 3)} / {_fmt(r[f'new_{tk}'], ts, 3)} deg "
+            f"| {r['old_attempts']} / {r['new_attempts']} "
+            f"| {_fmt(r['old_vs_py4dstem'], 1)} / {_fmt(r['new_vs_py4dstem'], 1)} "
+            f"| {', '.join(k.replace('mae_', '') for k in r['worse']) or '-'} |"
+        )
+    fo, fn = res["first_attempt_old"], res["first_attempt_new"]
+    lines += [
+        "",
+        f"First-attempt lock-on: old {fo[0]}/{fo[1]}, new {fn[0]}/{fn[1]}. "
+        f"Components more than {100 * res['tolerance']:g} % (and {res['floor']:g}) worse: "
+        f"{len(res['flagged'])} row(s).",
+    ]
+    if res["unmatched"]:
+        lines.append(f"Rows of NEW without a match in OLD: {res['unmatched']}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("old")
+    ap.add_argument("new")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--stem", default="compare_sweeps")
+    ap.add_argument("--tolerance", type=float, default=0.05)
+    ap.add_argument("--floor", type=float, default=1e-5)
+    args = ap.parse_args(argv)
+    old = json.loads(Path(args.old).read_text())
+    new = json.loads(Path(args.new).read_text())
+    res = {
+        **run_meta("compare_sweeps.py", argv),
+        "old_file": args.old,
+        "new_file": args.new,
+        **compare(old, new, args.tolerance, args.floor),
+    }
+    md = markdown(res)
+    write(Path(args.out), args.stem, res, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
