@@ -15,7 +15,10 @@ one, the ratio of the mean strain MAE to py4DSTEM's in each run. A component
 is flagged when NEW is more than ``--tolerance`` (default 5 %) worse than
 OLD *and* worse by more than ``--floor`` in absolute terms (default 1e-5,
 theta 1e-3 deg): the floor keeps sub-1e-5 differences on clean data from
-reading as regressions of many percent.
+reading as regressions of many percent. A row whose numbers and time are
+identical in both files (carried over, e.g. by ``multislice.py merge``, not
+run again) is marked and left out of the lock-on count of matched rows and
+of the geometric mean of NEW/OLD mean strain MAE (mean of e_xx, e_yy, e_xy).
 
 Writes ``DIR/NAME.json`` and ``DIR/NAME.md`` (NAME: ``--stem``, default
 ``compare_sweeps``).
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -86,6 +90,8 @@ def compare(old: dict, new: dict, tolerance: float, floor: float) -> dict:
                 worse.append(k)
         out["worse"] = worse
         out["old_attempts"], out["new_attempts"] = attempts_of(o), attempts_of(r)
+        # a row carried into both files unchanged (e.g. by multislice.py merge)
+        out["same_row"] = all(o.get(k) == r.get(k) for k in (*STRAIN, tk, "seconds"))
         for tag, rr, bb in (("old", o, base_old), ("new", r, base)):
             p = bb.get((r["case"], float(r["noise"])))
             out[f"{tag}_vs_py4dstem"] = (
@@ -94,9 +100,17 @@ def compare(old: dict, new: dict, tolerance: float, floor: float) -> dict:
                 else None
             )
         rows.append(out)
-    n = len(rows)
-    first_new = sum(1 for r in rows if r["new_attempts"] == 1)
-    first_old = sum(1 for r in rows if r["old_attempts"] == 1)
+    fresh = [r for r in rows if not r["same_row"]]
+    n = len(fresh)
+    first_new = sum(1 for r in fresh if r["new_attempts"] == 1)
+    first_old = sum(1 for r in fresh if r["old_attempts"] == 1)
+    ours = [
+        r for r in new["rows"] if r["method"].startswith("CC-ST-AE") and not r.get("error")
+    ]
+    logs = [
+        math.log(sum(r[f"new_{k}"] for k in STRAIN) / sum(r[f"old_{k}"] for k in STRAIN))
+        for r in fresh
+    ]
     return {
         "tolerance": tolerance,
         "floor": floor,
@@ -106,6 +120,14 @@ def compare(old: dict, new: dict, tolerance: float, floor: float) -> dict:
         "unmatched": unmatched,
         "first_attempt_old": [first_old, n],
         "first_attempt_new": [first_new, n],
+        "first_attempt_new_all": [
+            sum(1 for r in ours if attempts_of(r) == 1),
+            len(ours),
+        ],
+        "mean_strain_ratio_geomean": math.exp(sum(logs) / len(logs)) if logs else None,
+        "mean_strain_ratio_range": [math.exp(min(logs)), math.exp(max(logs))]
+        if logs
+        else None,
         "flagged": [
             [r["case"], r["noise"], r["method"], r["worse"]] for r in rows if r["worse"]
         ],
@@ -133,15 +155,24 @@ def markdown(res: dict) -> str:
             f"| {_fmt(r[f'old_{tk}'], ts, 3)} / {_fmt(r[f'new_{tk}'], ts, 3)} deg "
             f"| {r['old_attempts']} / {r['new_attempts']} "
             f"| {_fmt(r['old_vs_py4dstem'], 1)} / {_fmt(r['new_vs_py4dstem'], 1)} "
-            f"| {', '.join(k.replace('mae_', '') for k in r['worse']) or '-'} |"
+            f"| {', '.join(k.replace('mae_', '') for k in r['worse']) or '-'}"
+            f"{' (same row in both)' if r['same_row'] else ''} |"
         )
     fo, fn = res["first_attempt_old"], res["first_attempt_new"]
     lines += [
         "",
-        f"First-attempt lock-on: old {fo[0]}/{fo[1]}, new {fn[0]}/{fn[1]}. "
+        f"First-attempt lock-on on the rows run in both (not the same row in both): "
+        f"old {fo[0]}/{fo[1]}, new {fn[0]}/{fn[1]}; on every CC-ST-AE row of NEW: "
+        f"{res['first_attempt_new_all'][0]}/{res['first_attempt_new_all'][1]}. "
         f"Components more than {100 * res['tolerance']:g} % (and {res['floor']:g}) worse: "
         f"{len(res['flagged'])} row(s).",
     ]
+    if res["mean_strain_ratio_geomean"] is not None:
+        lo, hi = res["mean_strain_ratio_range"]
+        lines.append(
+            f"Mean strain MAE, NEW/OLD, over those rows: geometric mean "
+            f"{res['mean_strain_ratio_geomean']:.3f}, range {lo:.2f}-{hi:.2f}."
+        )
     if res["unmatched"]:
         lines.append(f"Rows of NEW without a match in OLD: {res['unmatched']}.")
     return "\n".join(lines) + "\n"

@@ -262,3 +262,64 @@ def test_multislice_crlb_rigid_disk_derivative_matches_a_rerendered_pattern():
                 # neighbours, so the information is overestimated and the
                 # bound is a lower estimate (what the reading relies on)
                 assert info > 1.0
+
+
+def test_compare_sweeps_flags_regressions_and_counts_lock_on(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare_sweeps
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def row(noise, method, v, attempts=1, theta=1e-3, seconds=1.0):
+        return {
+            "case": "c",
+            "noise": noise,
+            "method": method,
+            "mae_e_xx": v,
+            "mae_e_yy": v,
+            "mae_e_xy": v,
+            "mae_theta_deg": theta,
+            "attempts": attempts,
+            "seconds": seconds,
+        }
+
+    old = {
+        "rows": [
+            row(0, "CC-ST-AE", 1e-3, attempts=3),
+            row(0, "py4DSTEM", 2e-3),
+            row(25, "CC-ST-AE", 1e-3, attempts=2),
+            row(25, "py4DSTEM", 4e-3),
+            row(50, "CC-ST-AE", 1e-3, seconds=7.0),  # carried into both unchanged
+        ]
+    }
+    new = {
+        "rows": [
+            row(0, "CC-ST-AE", 1.02e-3),  # 2 % worse: within the tolerance
+            row(0, "py4DSTEM", 2e-3),
+            row(25, "CC-ST-AE", 1.2e-3, theta=3e-3),  # 20 % worse, theta 3x
+            row(25, "py4DSTEM", 4e-3),
+            row(50, "CC-ST-AE", 1e-3, seconds=7.0),
+            row(70, "CC-ST-AE", 1e-3, attempts=2),  # no match in OLD
+        ]
+    }
+    res = compare_sweeps.compare(old, new, tolerance=0.05, floor=1e-5)
+    by = {r["noise"]: r for r in res["rows"]}
+    assert by[0.0]["worse"] == [] and by[0.0]["new_vs_py4dstem"] == pytest.approx(0.51)
+    assert by[25.0]["worse"] == ["mae_e_xx", "mae_e_yy", "mae_e_xy", "mae_theta_deg"]
+    assert by[25.0]["ratio_mae_e_xx"] == pytest.approx(1.2)
+    assert by[50.0]["same_row"] and not by[0.0]["same_row"]
+    assert res["first_attempt_old"] == [0, 2] and res["first_attempt_new"] == [2, 2]
+    assert res["first_attempt_new_all"] == [3, 4]
+    assert res["unmatched"] == [["c", 70.0, "CC-ST-AE"]]
+    assert res["mean_strain_ratio_geomean"] == pytest.approx((1.02 * 1.2) ** 0.5)
+    # the absolute floor: 10 % worse on a 1e-6 component is not a regression
+    tiny = compare_sweeps.compare(
+        {"rows": [row(0, "CC-ST-AE", 1e-6)]},
+        {"rows": [row(0, "CC-ST-AE", 1.1e-6)]},
+        tolerance=0.05,
+        floor=1e-5,
+    )
+    assert tiny["rows"][0]["worse"] == []
+    md = compare_sweeps.markdown(res)
+    assert "old 0/2, new 2/2" in md and "(same row in both)" in md
