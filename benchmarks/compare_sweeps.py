@@ -138,8 +138,22 @@ def _fmt(x, scale=1e3, digits=2):
     return "-" if x is None else f"{scale * x:.{digits}f}"
 
 
+def _describe(run: dict) -> str:
+    """``command, date, git`` of a result file's header (either sweep's layout)."""
+    meta = run.get("meta") or {}
+    command = run.get("command") or meta.get("command", "?")
+    date = run.get("date") or meta.get("date", "?")
+    git = run.get("git") or (meta.get("versions") or {}).get("git_commit", "?")
+    return f"`{command}`, {date}, git {git}"
+
+
 def markdown(res: dict) -> str:
     lines = [
+        f"Command: `{res.get('command', '?')}`; {res.get('date', '?')}; git "
+        f"{res.get('git', '?')}.",
+        f"OLD: `{res.get('old_file', '?')}` ({_describe(res['old'])}); "
+        f"NEW: `{res.get('new_file', '?')}` ({_describe(res['new'])}).",
+        "",
         "| case | noise % | method | old e_xx / e_yy / e_xy (x1e-3) | new | new/old "
         "| theta old / new | attempts old / new | vs py4DSTEM old / new | worse |",
         "|---|---|---|---|---|---|---|---|---|---|",
