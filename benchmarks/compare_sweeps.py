@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import run_meta, write  # noqa: E402
 
 STRAIN = ("mae_e_xx", "mae_e_yy", "mae_e_xy")
+#: The absolute floor below which a worse theta is not flagged (degrees).
+THETA_FLOOR_DEG = 1e-3
 
 
 def theta_key(row: dict) -> str:
@@ -57,23 +59,40 @@ def mean_strain(row: dict) -> float:
     return sum(float(row[k]) for k in STRAIN) / 3.0
 
 
+def _ours(result: dict) -> list[dict]:
+    """The CC-ST-AE rows of a result (every variant) that did not fail."""
+    return [
+        r
+        for r in result["rows"]
+        if r["method"].startswith("CC-ST-AE") and not r.get("error")
+    ]
+
+
+def _baseline(result: dict) -> dict:
+    """py4DSTEM's rows of a result that did not fail, by (case, noise)."""
+    return {
+        (r["case"], float(r["noise"])): r
+        for r in result["rows"]
+        if r["method"] == "py4DSTEM" and not r.get("error")
+    }
+
+
 def compare(old: dict, new: dict, tolerance: float, floor: float) -> dict:
     """Matched CC-ST-AE rows of ``new`` against ``old`` with ratios and flags."""
 
     def key(r):
         return (r["case"], float(r["noise"]), r["method"])
 
-    old_rows = {key(r): r for r in old["rows"] if not r.get("error")}
-    base = {
-        (r["case"], float(r["noise"])): r for r in new["rows"] if r["method"] == "py4DSTEM"
+    old_rows = {key(r): r for r in _ours(old)}
+    base, base_old = _baseline(new), _baseline(old)
+    floors = {
+        **dict.fromkeys(STRAIN, floor),
+        "mae_theta_deg": THETA_FLOOR_DEG,
+        "mae_theta": math.radians(THETA_FLOOR_DEG),
     }
-    base_old = {
-        (r["case"], float(r["noise"])): r for r in old["rows"] if r["method"] == "py4DSTEM"
-    }
+    ours = _ours(new)
     rows, unmatched = [], []
-    for r in new["rows"]:
-        if not r["method"].startswith("CC-ST-AE") or r.get("error"):
-            continue
+    for r in ours:
         o = old_rows.get(key(r))
         if o is None:
             unmatched.append(list(key(r)))
@@ -85,8 +104,7 @@ def compare(old: dict, new: dict, tolerance: float, floor: float) -> dict:
             a, b = float(o[k]), float(r[k])
             out[f"old_{k}"], out[f"new_{k}"] = a, b
             out[f"ratio_{k}"] = b / a if a > 0 else None
-            fl = floor if k in STRAIN else (1e-3 if k == "mae_theta_deg" else 1.745e-5)
-            if b > a * (1 + tolerance) and b - a > fl:
+            if b > a * (1 + tolerance) and b - a > floors[k]:
                 worse.append(k)
         out["worse"] = worse
         out["old_attempts"], out["new_attempts"] = attempts_of(o), attempts_of(r)
@@ -95,18 +113,13 @@ def compare(old: dict, new: dict, tolerance: float, floor: float) -> dict:
         for tag, rr, bb in (("old", o, base_old), ("new", r, base)):
             p = bb.get((r["case"], float(r["noise"])))
             out[f"{tag}_vs_py4dstem"] = (
-                mean_strain(rr) / mean_strain(p)
-                if p is not None and not p.get("error")
-                else None
+                None if p is None else mean_strain(rr) / mean_strain(p)
             )
         rows.append(out)
     fresh = [r for r in rows if not r["same_row"]]
     n = len(fresh)
     first_new = sum(1 for r in fresh if r["new_attempts"] == 1)
     first_old = sum(1 for r in fresh if r["old_attempts"] == 1)
-    ours = [
-        r for r in new["rows"] if r["method"].startswith("CC-ST-AE") and not r.get("error")
-    ]
     logs = [
         math.log(sum(r[f"new_{k}"] for k in STRAIN) / sum(r[f"old_{k}"] for k in STRAIN))
         for r in fresh
@@ -160,7 +173,7 @@ def markdown(res: dict) -> str:
     ]
     for r in res["rows"]:
         tk = "mae_theta_deg" if "old_mae_theta_deg" in r else "mae_theta"
-        ts = 1.0 if tk == "mae_theta_deg" else 57.29577951308232
+        ts = 1.0 if tk == "mae_theta_deg" else math.degrees(1.0)
         ratios = " / ".join(_fmt(r[f"ratio_{k}"], 1, 2) for k in STRAIN)
         lines.append(
             f"| {r['case']} | {r['noise']:g} | {r['method']} "

@@ -104,9 +104,10 @@ def encoder_sensitivity(
             xb = X[s : s + batch_size].to(dev, torch.float32)[:, None]
             warped.append(warp(xb, T.to(dev).expand(xb.shape[0], 2, 2))[:, 0].cpu())
         A1 = encode(net, torch.cat(warped), batch_size)["A"]
+        TA0 = T @ A0
         # a pattern near the wrap of phi (+-pi/n) may come back rotated by 2 pi/n
-        A1 = nearest_equivalent(A1, T @ A0, net.symmetry)
-        expected = T @ A0 - A0
+        A1 = nearest_equivalent(A1, TA0, net.symmetry)
+        expected = TA0 - A0
         num = float(((A1 - A0) * expected).sum())
         den = float((expected * expected).sum())
         out[name] = num / den if den > 0 else 0.0
